@@ -1,6 +1,7 @@
 """File formats: standard 3DGS `.ply`, checkpoints, atomic writes."""
 
 from .atomic import atomic_path
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .ply import load_ply, save_ply
 
-__all__ = ["atomic_path", "load_ply", "save_ply"]
+__all__ = ["Checkpoint", "atomic_path", "load_checkpoint", "load_ply", "save_checkpoint", "save_ply"]
