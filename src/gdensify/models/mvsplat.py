@@ -1,0 +1,600 @@
+"""MVSplat-style scene backbone: posed context views → one pixel-aligned Gaussian per pixel per view.
+
+Architecture (MVSplat, `shared/reference/paper_and_mvsplat.md` §4a; blocks in `mvsplat_layers.py`, geometry in
+`mvsplat_geometry.py`):
+
+1. Feature backbone: CNN (UniMatch-style residual blocks, InstanceNorm, channels 64→96→128) to 1/4 resolution,
+   1×1 conv to `d_feature`; then a multi-view transformer (6 × self- + cross-view attention with FFN, 1 head) in
+   Swin-style shifted local windows (`attn_splits` windows per side; `attn_splits=1` is global attention) with
+   sine position encodings. For V > 2 views each view attends to all others.
+2. Plane-sweep cost volume at 1/4 resolution over `num_depth_candidates` depths spaced uniformly in inverse depth
+   between near and far: each other view's transformer features are warped into the reference view per depth
+   plane (bilinear `grid_sample`), correlated by dot product / sqrt(C), averaged over the other views.
+3. Cost-volume refinement: [correlation ‖ features] → conv3×3 + GroupNorm + GELU → 2-D U-Net (cross-view attention
+   at the lowest level) → conv to D logits, plus a 1×1 residual from the input; a conv-GELU-conv depth head; softmax
+   over candidates; disparity = expectation, confidence = max probability; both up-sampled ×4 (disparity
+   bilinearly, confidence nearest).
+4. Full-resolution features: [transformer ‖ CNN] → conv → bilinear ×4 → GELU (`d_feature` ch), projected to
+   `depth_unet_channels`.
+5. Depth refinement U-Net on [RGB, projected features, disparity, confidence] (cross-view attention at 1/16); a
+   conv-GELU-conv head gives Δdisparity and a raw density; disparity = clamp(up-sampled + Δ, 1/far, 1/near),
+   depth = 1/disparity ∈ [near, far]; opacity = sigmoid(raw density) (MVSplat's opacity mapping with
+   initial = final = 0 is the identity), i.e. opacity comes from the refinement net that sees the matching
+   confidence.
+6. Gaussian head on the per-pixel feature [refinement output ‖ RGB ‖ full-res features] (163 channels in the
+   `paper` preset; exported as `features`: the GD densifier's per-Gaussian input, §3b): conv3×3 → GELU → conv3×3 to
+   2 sub-pixel offsets + 3 scales + 4 quaternion + 3·(d+1)² SH.
+7. Gaussian adapter (MVSplat's): mean = camera centre + unit ray direction × depth (`depth_mode="ray"`: the
+   plane-sweep depth is used as a distance along the normalised ray, as MVSplat does; `"z"` places it at camera z
+   instead); scale = (0.5 + 14.5·sigmoid)·depth·0.1·pixel footprint (footprint = 1/fx + 1/fy); the head's
+   quaternion is in camera axes and is rotated to world (q_world = q_c2w ⊗ q); SH coefficients are scaled by
+   MVSplat's mask (0.1·0.25^l for degree l) and rotated from camera to world axes (exact SH rotation for any
+   degree 0–4, `mvsplat_geometry.rotate_sh`). No sigmoid on colour (colour = SH·basis + 0.5 as everywhere).
+
+Differences from the reference code, all deliberate: pixel centres at +0.5 with `align_corners=False` everywhere
+(the reference mixes integer pixel coordinates with `align_corners=True`); intrinsics in pixels; views laid out
+b-major; opacity stored as a logit (the raw density itself, so sigmoid gives MVSplat's opacity).
+
+Inputs: images (B, V, H, W, 3) in [0, 1] with H and W multiples of `config.size_multiple` (16 in both presets);
+cameras as a list of B `Cameras` of V views each (intrinsics in pixels for H×W), a single `Cameras` of B·V views
+(scene-major), or a pair of tensors (world_to_camera (B, V, 4, 4), intrinsics (B, V, 3, 3)); near and far as floats
+or (B,) tensors, or None to take them from the `Cameras` objects.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from ..cameras import Cameras
+from ..gaussians import Gaussians
+from .mvsplat_geometry import adapt_attributes, disparity_candidates, pixel_centers, plane_sweep_correlation
+from .mvsplat_layers import IMAGENET_MEAN, IMAGENET_STD, CNNEncoder, MultiViewTransformer, RefinementNet
+
+# The `paper` preset's parameter count is checked against this: MVSplat's "#Param (M) 12" in the GD project page's
+# RealEstate10K table (shared/reference/paper_and_mvsplat.md §1b).
+PAPER_PARAMETERS_M = 12.0
+
+
+@dataclass
+class MVSplatConfig:
+    """Sizes of the MVSplat-style backbone. Defaults = the `paper` preset (MVSplat's RE10K model)."""
+
+    # feature backbone
+    cnn_channels: tuple[int, ...] = (64, 96, 128)  # 3 stages
+    d_feature: int = 128
+    transformer_layers: int = 6
+    transformer_heads: int = 1
+    ffn_expansion: int = 4
+    attn_splits: int = 2  # windows per side at 1/4 resolution (1 = global attention)
+    # cost volume
+    num_depth_candidates: int = 128
+    costvolume_unet_channels: int = 128
+    costvolume_unet_channel_mult: tuple[int, ...] = (1, 1, 1)
+    costvolume_unet_attn_levels: tuple[int, ...] = (4,)  # down-sampling factors (of the 1/4 map) with attention
+    costvolume_depth_chunk: int = 32  # depth planes warped at once (memory bound only)
+    # depth refinement
+    depth_unet_channels: int = 32
+    depth_unet_channel_mult: tuple[int, ...] = (1, 1, 1, 1, 1)
+    depth_unet_attn_levels: tuple[int, ...] = (16,)  # down-sampling factors (of the full-res map) with attention
+    unet_head_channels: int = 32
+    zero_init_residual: bool = True  # LDM-style zero-initialised last norm of each residual / attention branch
+    # Gaussians
+    sh_degree: int = 4
+    scale_min: float = 0.5
+    scale_max: float = 15.0
+    scale_multiplier: float = 0.1
+    pixel_offsets: bool = True  # learned sub-pixel offsets of the ray in [-0.5, 0.5] px (MVSplat); False = centre
+    depth_mode: Literal["ray", "z"] = "ray"
+    feature_backbone_weights: str | None = None  # optional local file initialising `cnn` + `transformer`
+
+    def __post_init__(self) -> None:
+        def positive(name: str) -> None:
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"MVSplatConfig.{name} must be positive, got {getattr(self, name)}")
+
+        for name in ("d_feature", "transformer_layers", "transformer_heads", "ffn_expansion", "attn_splits",
+                     "num_depth_candidates", "costvolume_unet_channels", "costvolume_depth_chunk",
+                     "depth_unet_channels", "unet_head_channels"):
+            positive(name)
+        self.cnn_channels = tuple(int(c) for c in self.cnn_channels)
+        for name in ("costvolume_unet_channel_mult", "depth_unet_channel_mult", "costvolume_unet_attn_levels",
+                     "depth_unet_attn_levels"):
+            setattr(self, name, tuple(int(c) for c in getattr(self, name)))
+        if len(self.cnn_channels) != 3 or min(self.cnn_channels) <= 0:
+            raise ValueError(f"MVSplatConfig.cnn_channels must be 3 positive ints, got {self.cnn_channels}")
+        if self.d_feature % 4 != 0:
+            raise ValueError(f"MVSplatConfig.d_feature must be a multiple of 4 (sine encoding), got {self.d_feature}")
+        if self.d_feature % self.transformer_heads != 0:
+            raise ValueError(f"MVSplatConfig.d_feature={self.d_feature} not divisible by "
+                             f"transformer_heads={self.transformer_heads}")
+        for prefix in ("costvolume_unet", "depth_unet"):
+            mult = getattr(self, f"{prefix}_channel_mult")
+            channels = getattr(self, f"{prefix}_channels")
+            if channels % 4 != 0:
+                raise ValueError(f"MVSplatConfig.{prefix}_channels must be a multiple of 4 (GroupNorm), got {channels}")
+            if not mult or min(mult) <= 0:
+                raise ValueError(f"MVSplatConfig.{prefix}_channel_mult must be non-empty positive, got {mult}")
+            levels = {2 ** i for i in range(len(mult))}
+            bad = [a for a in getattr(self, f"{prefix}_attn_levels") if a not in levels]
+            if bad:
+                raise ValueError(f"MVSplatConfig.{prefix}_attn_levels {bad} not among the U-Net's levels "
+                                 f"{sorted(levels)}")
+            for m in mult:
+                if (m * channels) % 4 != 0:
+                    raise ValueError(f"MVSplatConfig.{prefix}: {m}·{channels} channels must be a multiple of 4 "
+                                     "(GroupNorm)")
+            for a in getattr(self, f"{prefix}_attn_levels"):
+                ch = mult[int(math.log2(a))] * channels
+                if ch % self.unet_head_channels != 0:
+                    raise ValueError(f"MVSplatConfig.{prefix}: {ch} channels at level {a} not divisible by "
+                                     f"unet_head_channels={self.unet_head_channels}")
+        if not 0 <= self.sh_degree <= 4:
+            raise ValueError(f"MVSplatConfig.sh_degree must be in [0, 4], got {self.sh_degree}")
+        if not 0 < self.scale_min < self.scale_max:
+            raise ValueError(f"MVSplatConfig needs 0 < scale_min < scale_max, got {self.scale_min}, {self.scale_max}")
+        if self.scale_multiplier <= 0:
+            raise ValueError(f"MVSplatConfig.scale_multiplier must be positive, got {self.scale_multiplier}")
+        if self.depth_mode not in ("ray", "z"):
+            raise ValueError(f"MVSplatConfig.depth_mode must be 'ray' or 'z', got {self.depth_mode!r}")
+
+    # ------------------------------------------------------------------ presets
+    @staticmethod
+    def paper() -> "MVSplatConfig":
+        """MVSplat's RealEstate10K model (config/experiment/re10k.yaml over costvolume.yaml): ~12 M parameters."""
+        return MVSplatConfig()
+
+    @staticmethod
+    def tiny() -> "MVSplatConfig":
+        """Trains on 2 CPU cores at 64²–128² with 2 views; same structure, small channels, 32 depth candidates."""
+        return MVSplatConfig(
+            cnn_channels=(16, 24, 32), d_feature=32, transformer_layers=2, transformer_heads=1, ffn_expansion=2,
+            attn_splits=2, num_depth_candidates=32, costvolume_unet_channels=32,
+            costvolume_unet_channel_mult=(1, 1, 1), costvolume_unet_attn_levels=(4,), costvolume_depth_chunk=32,
+            depth_unet_channels=16, depth_unet_channel_mult=(1, 1, 1, 1), depth_unet_attn_levels=(8,),
+            unet_head_channels=16, sh_degree=2,
+        )
+
+    # ------------------------------------------------------------------ derived sizes
+    @property
+    def feature_dim(self) -> int:
+        """Channels of the per-Gaussian feature (the Gaussian head's input): refinement + RGB + full-res features."""
+        return self.depth_unet_channels + 3 + self.d_feature
+
+    @property
+    def num_sh(self) -> int:
+        return (self.sh_degree + 1) ** 2
+
+    @property
+    def raw_channels(self) -> int:
+        """Gaussian-head output channels: [2 offsets] + 3 scales + 4 quaternion + 3·(d+1)² SH (84 for `paper`)."""
+        return (2 if self.pixel_offsets else 0) + 3 + 4 + 3 * self.num_sh
+
+    @property
+    def size_multiple(self) -> int:
+        """H and W must be multiples of this: 4 × the cost-volume U-Net's and the windows' divisibility, and the
+        depth U-Net's down-sampling."""
+        cv = 2 ** (len(self.costvolume_unet_channel_mult) - 1)
+        cv = cv * self.attn_splits // math.gcd(cv, self.attn_splits)
+        depth = 2 ** (len(self.depth_unet_channel_mult) - 1)
+        m = 4 * cv
+        return m * depth // math.gcd(m, depth)
+
+
+PRESETS = {"paper": MVSplatConfig.paper, "tiny": MVSplatConfig.tiny}
+
+
+def mvsplat_config(name: str, **overrides) -> MVSplatConfig:
+    """A named preset (`paper`, `tiny`) with keyword overrides."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown MVSplat preset {name!r}; known: {sorted(PRESETS)}")
+    cfg = PRESETS[name]()
+    if overrides:
+        from dataclasses import replace
+        cfg = replace(cfg, **overrides)
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Output
+# ---------------------------------------------------------------------------------------------------------------------
+@dataclass
+class MVSplatOutput:
+    """Per-pixel coarse Gaussians of every context view, batched, plus what GD needs (§3b).
+
+    Gaussian fields are raw in the library's convention (quaternion wxyz unnormalised, log-scales, opacity logits,
+    SH (K, 3) in world axes). The flat order of a scene's Gaussians is (view, row, column)."""
+
+    means: Float[Tensor, "B V H W 3"]
+    quats: Float[Tensor, "B V H W 4"]
+    log_scales: Float[Tensor, "B V H W 3"]
+    opacity_logits: Float[Tensor, "B V H W"]
+    sh: Float[Tensor, "B V H W K 3"]
+    features: Float[Tensor, "B V H W F"]  # Gaussian-head input (GD's per-Gaussian feature)
+    depth: Float[Tensor, "B V H W"]  # in [near, far]; distance along the unit ray ("ray") or camera z ("z")
+    confidence: Float[Tensor, "B V H W"]  # max softmax probability over depth candidates (nearest up-sampled)
+    coarse_depth: Float[Tensor, "B V h w"]  # 1 / expected disparity of the cost volume, 1/4 resolution
+    pixel_xy: Float[Tensor, "B V H W 2"]  # image point each Gaussian's ray passes through (pixels, centres +0.5)
+    near: Float[Tensor, " B"]
+    far: Float[Tensor, " B"]
+    diagnostics: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def num_views(self) -> int:
+        return self.means.shape[1]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W)."""
+        return self.means.shape[2], self.means.shape[3]
+
+    def view_gaussians(self, b: int, v: int) -> Gaussians:
+        """The H·W Gaussians of view v of scene b (row-major pixels)."""
+        k = self.sh.shape[-2]
+        return Gaussians(self.means[b, v].reshape(-1, 3), self.quats[b, v].reshape(-1, 4),
+                         self.log_scales[b, v].reshape(-1, 3), self.opacity_logits[b, v].reshape(-1),
+                         self.sh[b, v].reshape(-1, k, 3))
+
+    def scene_gaussians(self, b: int) -> Gaussians:
+        """All V·H·W Gaussians of scene b, ordered (view, row, column)."""
+        k = self.sh.shape[-2]
+        return Gaussians(self.means[b].reshape(-1, 3), self.quats[b].reshape(-1, 4),
+                         self.log_scales[b].reshape(-1, 3), self.opacity_logits[b].reshape(-1),
+                         self.sh[b].reshape(-1, k, 3))
+
+    def gaussians(self) -> list[Gaussians]:
+        """One `Gaussians` per scene (the coarse set)."""
+        return [self.scene_gaussians(b) for b in range(self.batch_size)]
+
+    def scene_features(self, b: int) -> Float[Tensor, "N F"]:
+        """Per-Gaussian features of scene b in the order of `scene_gaussians(b)`."""
+        return self.features[b].reshape(-1, self.features.shape[-1])
+
+    def view_features(self, b: int, v: int) -> Float[Tensor, "N F"]:
+        """Per-Gaussian features of view v of scene b in the order of `view_gaussians(b, v)`."""
+        return self.features[b, v].reshape(-1, self.features.shape[-1])
+
+    def view_index(self) -> Tensor:
+        """(V·H·W,) int64: the source view of each Gaussian of a scene (same for every scene)."""
+        h, w = self.image_size
+        return torch.arange(self.num_views, device=self.means.device).repeat_interleave(h * w)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------------------------------
+class MVSplatBackbone(nn.Module):
+    """The MVSplat-style encoder: see the module docstring. `forward(images, cameras, near, far)`."""
+
+    def __init__(self, config: MVSplatConfig | None = None, load_feature_weights: bool = True) -> None:
+        """`load_feature_weights`: read `config.feature_backbone_weights` (when set) now; pass False when the
+        whole model is about to be restored from a checkpoint, so the initialisation file need not exist."""
+        super().__init__()
+        cfg = config if config is not None else MVSplatConfig.paper()
+        self.config = cfg
+        c, d = cfg.d_feature, cfg.num_depth_candidates
+        zero = cfg.zero_init_residual
+        # 1. feature backbone
+        self.cnn = CNNEncoder(cfg.cnn_channels, c)
+        self.transformer = MultiViewTransformer(c, cfg.transformer_layers, cfg.transformer_heads,
+                                                cfg.ffn_expansion, cfg.attn_splits)
+        # 3. cost-volume refinement and low-res depth head
+        cu = cfg.costvolume_unet_channels
+        self.cost_volume_refine = RefinementNet(d + c, cu, cfg.costvolume_unet_channel_mult,
+                                                cfg.costvolume_unet_attn_levels, cfg.unet_head_channels,
+                                                8 if cu % 8 == 0 else 4, zero)
+        self.cost_volume_out = nn.Conv2d(cu, d, 3, padding=1)
+        self.cost_volume_residual = nn.Conv2d(d + c, d, 1)
+        self.depth_head = nn.Sequential(nn.Conv2d(d, 2 * d, 3, padding=1), nn.GELU(), nn.Conv2d(2 * d, d, 3, padding=1))
+        # 4. full-resolution features
+        cd = cfg.depth_unet_channels
+        self.upsampler = nn.Conv2d(2 * c, c, 3, padding=1)
+        self.proj_feature = nn.Conv2d(c, cd, 3, padding=1)
+        # 5. depth refinement
+        self.depth_refine = RefinementNet(3 + cd + 2, cd, cfg.depth_unet_channel_mult, cfg.depth_unet_attn_levels,
+                                          cfg.unet_head_channels, 4, zero)
+        self.disparity_head = nn.Sequential(nn.Conv2d(cd, 2 * cd, 3, padding=1), nn.GELU(),
+                                            nn.Conv2d(2 * cd, 2, 3, padding=1))
+        # 6. Gaussian head
+        r = cfg.raw_channels
+        self.gaussian_head = nn.Sequential(nn.Conv2d(cfg.feature_dim, 2 * r, 3, padding=1), nn.GELU(),
+                                           nn.Conv2d(2 * r, r, 3, padding=1))
+        self.register_buffer("image_mean", torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1), persistent=False)
+        self.register_buffer("image_std", torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1), persistent=False)
+        if cfg.feature_backbone_weights and load_feature_weights:
+            self.load_feature_backbone(cfg.feature_backbone_weights)
+
+    # ------------------------------------------------------------------ parameters and weights
+    COMPONENTS = {
+        "cnn": ("cnn",),
+        "transformer": ("transformer",),
+        "cost_volume_refine": ("cost_volume_refine", "cost_volume_out", "cost_volume_residual"),
+        "depth_head_lowres": ("depth_head",),
+        "feature_upsampler": ("upsampler", "proj_feature"),
+        "depth_refine": ("depth_refine", "disparity_head"),
+        "gaussian_head": ("gaussian_head",),
+    }
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters per component and in total."""
+        counts = {name: sum(p.numel() for m in mods for p in getattr(self, m).parameters())
+                  for name, mods in self.COMPONENTS.items()}
+        counts["total"] = sum(p.numel() for p in self.parameters())
+        return counts
+
+    def parameter_table(self) -> str:
+        counts = self.parameter_counts()
+        width = max(len(k) for k in counts)
+        lines = [f"{k:<{width}}  {v:>12,}" for k, v in counts.items()]
+        return "\n".join(lines)
+
+    def feature_backbone_state_dict(self) -> dict[str, Tensor]:
+        """State dict of the feature backbone (`cnn.*`, `transformer.*`), the part `load_feature_backbone` reads."""
+        return {k: v for k, v in self.state_dict().items() if k.startswith(("cnn.", "transformer."))}
+
+    @staticmethod
+    def _map_backbone_key(key: str) -> str | None:
+        """Our name for a feature-backbone key from our own, an MVSplat or a UniMatch state dict; None otherwise."""
+        for prefix in ("module.", "model."):
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        for prefix in ("encoder.backbone.", "backbone_model."):  # MVSplat checkpoints: encoder.backbone.{backbone,..}
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        if key.startswith(("cnn.", "transformer.")):
+            return key
+        if key.startswith("backbone."):  # UniMatch / MVSplat's name for the CNN
+            return "cnn." + key[len("backbone."):]
+        return None
+
+    def load_feature_backbone(self, path: str | Path, strict: bool = True) -> dict[str, list[str]]:
+        """Initialise `cnn` and `transformer` from a local state-dict file (.safetensors, or a torch file holding a
+        state dict, possibly under "model"/"state_dict"). Keys may be ours (`cnn.*`, `transformer.*`), MVSplat's
+        (`encoder.backbone.backbone.*`, `encoder.backbone.transformer.*`) or UniMatch's (`backbone.*`,
+        `transformer.*`). Keys outside the feature backbone are ignored and reported. Raises ValueError naming the
+        file and the keys when backbone keys are missing (strict), unknown, or of the wrong shape."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"feature backbone weights: no file at {path}")
+        try:
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
+                state = load_file(str(path))
+            else:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001
+            raise ValueError(f"feature backbone weights: cannot read {path}: {err}") from err
+        for wrapper in ("model", "state_dict"):
+            if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+                state = state[wrapper]
+        if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+            raise ValueError(f"feature backbone weights: {path} does not hold a state dict of tensors")
+        own = self.feature_backbone_state_dict()
+        mapped: dict[str, Tensor] = {}
+        ignored, unknown, mismatched = [], [], []
+        for key, value in state.items():
+            name = self._map_backbone_key(key)
+            if name is None:
+                ignored.append(key)
+            elif name not in own:
+                unknown.append(key)
+            elif tuple(own[name].shape) != tuple(value.shape):
+                mismatched.append(f"{key}: file {tuple(value.shape)} vs model {tuple(own[name].shape)}")
+            else:
+                mapped[name] = value
+        missing = sorted(set(own) - set(mapped))
+        problems = []
+        if mismatched:
+            problems.append(f"shape mismatch for {mismatched[:10]}")
+        if unknown:
+            problems.append(f"unknown feature-backbone keys {sorted(unknown)[:10]}")
+        if missing and strict:
+            problems.append(f"missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''} "
+                            f"({len(missing)} of {len(own)})")
+        if problems:
+            raise ValueError(f"feature backbone weights {path}: " + "; ".join(problems))
+        with torch.no_grad():
+            params = dict(self.named_parameters())
+            for name, value in mapped.items():
+                params[name].copy_(value.to(params[name]))
+        return {"loaded": sorted(mapped), "missing": missing, "ignored": sorted(ignored)}
+
+    # ------------------------------------------------------------------ inputs
+    def _parse_inputs(self, images: Tensor, cameras, near, far):
+        cfg = self.config
+        if not isinstance(images, Tensor) or images.ndim != 5 or images.shape[-1] != 3:
+            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+            raise ValueError(f"MVSplatBackbone: images must have shape (B, V, H, W, 3), got {shape}")
+        if not images.is_floating_point():
+            raise ValueError(f"MVSplatBackbone: images must be floating point in [0, 1], got {images.dtype}")
+        b, v, h, w, _ = images.shape
+        if v < 2:
+            raise ValueError(f"MVSplatBackbone: needs at least 2 context views per scene, got {v}")
+        m = cfg.size_multiple
+        if h % m or w % m:
+            raise ValueError(f"MVSplatBackbone: image size {h}x{w} must be a multiple of {m} in both dimensions "
+                             "(1/4-resolution features, U-Net levels, attention windows); crop or resize first")
+        param = next(self.parameters())
+        if images.device != param.device:
+            raise ValueError(f"MVSplatBackbone: images on {images.device}, model on {param.device}")
+        lo, hi = torch.aminmax(images.detach())
+        if not torch.isfinite(lo) or not torch.isfinite(hi) or lo < -1e-3 or hi > 1 + 1e-3:
+            raise ValueError(f"MVSplatBackbone: images must be finite and in [0, 1], got range [{lo:.4g}, {hi:.4g}]")
+        dtype, device = images.dtype, images.device
+
+        cam_near = cam_far = None
+        if isinstance(cameras, Cameras):
+            if len(cameras) == b * v:
+                cameras = [cameras[i * v:(i + 1) * v] for i in range(b)]
+            else:
+                raise ValueError(f"MVSplatBackbone: a single Cameras must hold B·V = {b * v} views, got {len(cameras)}")
+        if isinstance(cameras, (list, tuple)) and len(cameras) > 0 and all(isinstance(c, Cameras) for c in cameras):
+            if len(cameras) != b:
+                raise ValueError(f"MVSplatBackbone: got {len(cameras)} Cameras for a batch of {b} scenes")
+            for i, cam in enumerate(cameras):
+                if len(cam) != v:
+                    raise ValueError(f"MVSplatBackbone: Cameras of scene {i} holds {len(cam)} views, images have {v}")
+                if (cam.width, cam.height) != (w, h):
+                    raise ValueError(f"MVSplatBackbone: Cameras of scene {i} are {cam.width}x{cam.height}, images "
+                                     f"are {w}x{h} (intrinsics must be in pixels of the input images)")
+            w2c = torch.stack([cam.world_to_camera for cam in cameras]).to(device=device, dtype=dtype)
+            k = torch.stack([cam.intrinsics for cam in cameras]).to(device=device, dtype=dtype)
+            cam_near = torch.tensor([cam.near for cam in cameras], dtype=dtype, device=device)
+            cam_far = torch.tensor([cam.far for cam in cameras], dtype=dtype, device=device)
+        elif isinstance(cameras, (list, tuple)) and len(cameras) == 2 and all(isinstance(t, Tensor) for t in cameras):
+            w2c, k = cameras
+            if tuple(w2c.shape) != (b, v, 4, 4) or tuple(k.shape) != (b, v, 3, 3):
+                raise ValueError(f"MVSplatBackbone: camera tensors must be world_to_camera ({b}, {v}, 4, 4) and "
+                                 f"intrinsics ({b}, {v}, 3, 3), got {tuple(w2c.shape)} and {tuple(k.shape)}")
+            w2c, k = w2c.to(device=device, dtype=dtype), k.to(device=device, dtype=dtype)
+            if not (torch.isfinite(w2c).all() and torch.isfinite(k).all()):
+                raise ValueError("MVSplatBackbone: camera tensors contain NaN or Inf")
+        else:
+            raise TypeError("MVSplatBackbone: cameras must be a list of B Cameras (V views each), one Cameras of "
+                            "B·V views, or a pair (world_to_camera (B,V,4,4), intrinsics (B,V,3,3)); got "
+                            f"{type(cameras).__name__}")
+        if (k[..., 0, 0] <= 0).any() or (k[..., 1, 1] <= 0).any():
+            raise ValueError("MVSplatBackbone: intrinsics need positive focal lengths (pixels)")
+
+        def bounds(value, default, name):
+            if value is None:
+                if default is None:
+                    raise ValueError(f"MVSplatBackbone: {name} is required when cameras are given as tensors")
+                return default
+            t = torch.as_tensor(value, dtype=dtype, device=device)
+            if t.ndim == 0:
+                t = t.expand(b)
+            if tuple(t.shape) != (b,):
+                raise ValueError(f"MVSplatBackbone: {name} must be a float or a ({b},) tensor, got {tuple(t.shape)}")
+            return t
+
+        near_t, far_t = bounds(near, cam_near, "near"), bounds(far, cam_far, "far")
+        if not (torch.isfinite(near_t).all() and torch.isfinite(far_t).all()) or (near_t <= 0).any() \
+                or (far_t <= near_t).any():
+            raise ValueError(f"MVSplatBackbone: need 0 < near < far per scene, got near={near_t.tolist()}, "
+                             f"far={far_t.tolist()}")
+        if (far_t / near_t > 1e6).any():
+            raise ValueError(f"MVSplatBackbone: far/near ratio above 1e6 (near={near_t.tolist()}, "
+                             f"far={far_t.tolist()}); pass the scene's depth range as near=, far= explicitly")
+        return w2c, k, near_t, far_t
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        images: Float[Tensor, "B V H W 3"],
+        cameras: Sequence[Cameras] | Cameras | tuple[Tensor, Tensor],
+        near: float | Tensor | None = None,
+        far: float | Tensor | None = None,
+    ) -> MVSplatOutput:
+        cfg = self.config
+        w2c, intr, near_t, far_t = self._parse_inputs(images, cameras, near, far)
+        b, v, h, w, _ = images.shape
+        hf, wf = h // 4, w // 4
+        rgb = images.permute(0, 1, 4, 2, 3).reshape(b * v, 3, h, w)
+
+        # 1. features at 1/4 resolution
+        cnn = self.cnn((rgb - self.image_mean.to(rgb)) / self.image_std.to(rgb))  # (B V) C hf wf
+        c = cnn.shape[1]
+        trans = self.transformer(cnn.reshape(b, v, c, hf, wf))  # B V C hf wf
+
+        # 2. plane-sweep cost volume
+        disps = disparity_candidates(near_t, far_t, cfg.num_depth_candidates)  # B D
+        k_feat = intr.clone()
+        k_feat[..., :2, :] = k_feat[..., :2, :] / 4.0  # pixel-centre convention: scale f and c alike
+        corr = plane_sweep_correlation(trans, k_feat, w2c, disps, cfg.costvolume_depth_chunk)  # B V D hf wf
+        trans_flat = trans.reshape(b * v, c, hf, wf)
+        cv_in = torch.cat([corr.reshape(b * v, -1, hf, wf), trans_flat], dim=1)
+
+        # 3. refinement, softmax over candidates
+        refined = self.cost_volume_out(self.cost_volume_refine(cv_in, v)) + self.cost_volume_residual(cv_in)
+        pdf = torch.softmax(self.depth_head(refined), dim=1)  # (B V) D hf wf
+        disp_flat = disps.repeat_interleave(v, dim=0)[:, :, None, None]  # (B V) D 1 1
+        coarse_disp = (pdf * disp_flat).sum(dim=1, keepdim=True)
+        confidence = pdf.max(dim=1, keepdim=True).values
+        full_disp = F.interpolate(coarse_disp, size=(h, w), mode="bilinear", align_corners=False)
+        full_conf = F.interpolate(confidence, size=(h, w), mode="nearest")
+
+        # 4. full-resolution features
+        feat_full = F.gelu(F.interpolate(self.upsampler(torch.cat([trans_flat, cnn], dim=1)), size=(h, w),
+                                         mode="bilinear", align_corners=False))  # (B V) C H W
+        proj = self.proj_feature(feat_full)
+
+        # 5. depth refinement → depth, opacity
+        refine = self.depth_refine(torch.cat([rgb, proj, full_disp, full_conf], dim=1), v)
+        delta_disp, raw_density = self.disparity_head(refine).split(1, dim=1)
+        lo = (1.0 / far_t).repeat_interleave(v)[:, None, None, None]
+        hi = (1.0 / near_t).repeat_interleave(v)[:, None, None, None]
+        disp = torch.minimum(torch.maximum(full_disp + delta_disp, lo), hi)
+        depth = (1.0 / disp).reshape(b, v, h, w)
+
+        # 6. Gaussian head
+        head_in = torch.cat([refine, rgb, feat_full], dim=1)  # (B V) F H W
+        raw = self.gaussian_head(head_in).permute(0, 2, 3, 1).reshape(b, v, h, w, -1)
+        features = head_in.permute(0, 2, 3, 1).reshape(b, v, h, w, -1)
+
+        # 7. adapter
+        out = self._adapt(raw, depth, raw_density.reshape(b, v, h, w), w2c, intr)
+        return MVSplatOutput(
+            **out, features=features, depth=depth, confidence=full_conf.reshape(b, v, h, w),
+            coarse_depth=(1.0 / coarse_disp).reshape(b, v, hf, wf), near=near_t, far=far_t,
+        )
+
+    def activate_attributes(self, raw_scales: Tensor, raw_quats: Tensor, raw_sh: Tensor, distance: Tensor,
+                            camera_to_world: Tensor, intrinsics: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """`mvsplat_geometry.adapt_attributes` with this model's scale range → (log_scales, quats, sh) in world
+        axes; for GD's fine Gaussians pass distance = ‖mean − camera centre‖ (§3b step 5)."""
+        cfg = self.config
+        return adapt_attributes(raw_scales, raw_quats, raw_sh, distance, camera_to_world, intrinsics,
+                                cfg.scale_min, cfg.scale_max, cfg.scale_multiplier)
+
+    def _adapt(self, raw: Tensor, depth: Tensor, raw_density: Tensor, w2c: Tensor, intr: Tensor) -> dict[str, Tensor]:
+        """MVSplat's Gaussian adapter (see the module docstring), per pixel of every view."""
+        cfg = self.config
+        b, v, h, w, _ = raw.shape
+        if cfg.pixel_offsets:
+            offsets, raw = torch.sigmoid(raw[..., :2]) - 0.5, raw[..., 2:]
+        else:
+            offsets = None
+        raw_scales, raw_quats, raw_sh = raw[..., :3], raw[..., 3:7], raw[..., 7:]
+        xy = pixel_centers(h, w, dtype=raw.dtype, device=raw.device).expand(b, v, h, w, 2)
+        if offsets is not None:
+            xy = xy + offsets
+        c2w = torch.linalg.inv(w2c)  # B V 4 4
+        k_inv = torch.linalg.inv(intr)
+        homog = torch.cat([xy, torch.ones_like(xy[..., :1])], dim=-1)
+        dirs = torch.einsum("bvij,bvhwj->bvhwi", k_inv, homog)  # camera-frame ray with z = 1
+        if cfg.depth_mode == "ray":
+            dirs = F.normalize(dirs, dim=-1)
+        points = dirs * depth[..., None]
+        means = torch.einsum("bvij,bvhwj->bvhwi", c2w[..., :3, :3], points) + c2w[:, :, None, None, :3, 3]
+        log_scales, quats, sh = adapt_attributes(
+            raw_scales, raw_quats, raw_sh.reshape(b, v, h, w, cfg.num_sh, 3), depth, c2w[:, :, None, None],
+            intr[:, :, None, None], cfg.scale_min, cfg.scale_max, cfg.scale_multiplier)
+        return {"means": means, "quats": quats, "log_scales": log_scales, "opacity_logits": raw_density,
+                "sh": sh, "pixel_xy": xy}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m gdensify.models.mvsplat [paper|tiny]`: parameter counts per component."""
+    import sys
+
+    names = list(argv if argv is not None else sys.argv[1:]) or ["paper", "tiny"]
+    for name in names:
+        model = MVSplatBackbone(mvsplat_config(name))
+        print(f"MVSplat backbone, preset {name!r}")
+        print(model.parameter_table())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""The `cpu` compositing backend: a C++/OpenMP tile rasterizer behind a torch.autograd.Function.
+
+`composite_cpu` has exactly the signature and semantics of `_reference.composite_reference` (see the render
+contract); it is 10-100× faster and its memory is a few bytes per pixel plus ~100 bytes per Gaussian, because the
+backward recomputes alphas back to front instead of storing per-(pixel, Gaussian) values.
+
+The kernel (`gdensify/csrc/rasterize.cpp`, shipped as package data) is compiled on first use with
+`torch.utils.cpp_extension.load` and cached in the torch extensions directory (`$TORCH_EXTENSIONS_DIR`, default
+`~/.cache/torch_extensions`). The module name contains a hash of the source and of the compiler flags, so an edited
+source rebuilds and builds for different instruction sets live side by side.
+
+Compiler flags: `-O3 -fopenmp -ffp-contract=off`, plus `-mavx2 -mfma` when this CPU has AVX2 and FMA (as detected by
+PyTorch's own dispatcher, `torch.backends.cpu.get_cpu_capability()`). Not `-march=native`: the extensions cache
+may be shared between machines (home directories, images, CI caches) and torch only rebuilds when the sources or
+flags change, so a native build made on one CPU could crash with an illegal instruction on another; with the ISA in
+the flags, and so in the module name, each CPU family gets its own build. The kernel's hand-written SIMD path only
+needs AVX2+FMA, so -march=native would gain little. `-ffp-contract=off` keeps the forward and backward
+recomputation of alpha bit-identical. Set `GDENSIFY_CPU_SIMD=0` to force the portable build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import sys
+import threading
+from pathlib import Path
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+_SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "rasterize.cpp"
+_lock = threading.Lock()
+# Stage timings (seconds) of the latest call, for profiling: pack_s, bin_s (depth sort + tile lists), forward_s
+# (compositing), isects (tile-Gaussian pairs); after a backward also backward_setup_s, backward_s, backward_reduce_s.
+last_stats: dict = {}
+_module = None
+_error: str | None = None
+
+
+def _compiler() -> str | None:
+    """The C++ compiler torch.utils.cpp_extension will call ($CXX, else c++), if it can be found."""
+    cxx = os.environ.get("CXX", "").strip() or "c++"
+    exe = cxx.split()[0]
+    found = shutil.which(exe)
+    if found is None and "CXX" not in os.environ:
+        found = shutil.which("g++") or shutil.which("clang++")
+        if found is not None:
+            os.environ["CXX"] = found  # torch reads $CXX
+    return found
+
+
+def _simd_flags() -> list[str]:
+    if os.environ.get("GDENSIFY_CPU_SIMD", "1").strip() in ("0", "false", "no", "off"):
+        return []
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return []
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()  # "AVX2" implies AVX2 + FMA for PyTorch
+    except Exception:  # pragma: no cover - very old torch
+        return []
+    return ["-mavx2", "-mfma"] if capability in ("AVX2", "AVX512") else []
+
+
+def _build_flags() -> list[str]:
+    return ["-O3", "-fopenmp", "-ffp-contract=off", *_simd_flags()]
+
+
+def _load():
+    """Compile (once per source/flags) and import the extension; RuntimeError with the reason otherwise."""
+    global _module, _error
+    if _module is not None:
+        return _module
+    with _lock:
+        if _module is not None:
+            return _module
+        if not _SOURCE.is_file():
+            raise RuntimeError(f"gdensify cpu backend: kernel source {_SOURCE} is missing from the installation")
+        if _compiler() is None:
+            cxx = os.environ.get("CXX", "c++")
+            _error = (f"gdensify cpu backend: no C++ compiler found ({cxx!r} is not on PATH, nor g++/clang++); "
+                      "install one (e.g. `apt-get install g++`) or set $CXX, or use backend='reference'")
+            raise RuntimeError(_error)
+        flags = _build_flags()
+        digest = hashlib.sha256(_SOURCE.read_bytes() + " ".join(flags).encode() + torch.__version__.encode())
+        name = f"gdensify_raster_{digest.hexdigest()[:16]}"
+        from torch.utils import cpp_extension
+
+        build_dir = Path(cpp_extension._get_build_directory(name, verbose=False))
+        if not any(build_dir.glob(f"{name}*.so")) and not any(build_dir.glob(f"{name}*.pyd")):
+            print(f"gdensify: compiling the CPU rasterizer into {build_dir} (once; about 30 s)...", file=sys.stderr,
+                  flush=True)
+        try:
+            # The kernel registers its functions as torch.ops.<name>.* (TORCH_LIBRARY), not as a pybind module:
+            # it then needs only light ATen headers and compiles several times faster.
+            cpp_extension.load(name=name, sources=[str(_SOURCE)], extra_cflags=flags,
+                               extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
+            _module = getattr(torch.ops, name)
+        except Exception as exc:  # compiler errors, missing headers, ninja problems
+            _error = f"gdensify cpu backend: building the C++ extension failed: {exc}"
+            raise RuntimeError(_error) from exc
+        return _module
+
+
+def cpu_backend_available() -> bool:
+    """Whether the C++ backend can be used here (compiles it on the first call; never raises)."""
+    try:
+        _load()
+        return True
+    except Exception as exc:  # noqa: BLE001
+        global _error
+        _error = _error or str(exc)
+        return False
+
+
+def cpu_backend_error() -> str | None:
+    """Why `cpu_backend_available()` returned False (None when it did not)."""
+    return _error
+
+
+# Names the backend selector in rasterize.py looks for.
+is_available = cpu_backend_available
+unavailable_reason = cpu_backend_error
+
+
+def cpu_backend_simd() -> bool:
+    """Whether the loaded kernel uses the AVX2/FMA path (float32 only; float64 always uses the portable path)."""
+    return bool(_load().has_avx2())
+
+
+class _CompositeCPU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, means2d, conics, colors, opacities, depths, background, radii, width, height):
+        ext = _load()
+        num_cams, n = radii.shape
+        image, alpha, depth, t_final, n_contrib, offsets, isect, packed, stats = ext.forward(
+            means2d.detach().contiguous(), conics.detach().contiguous(), colors.detach().contiguous(),
+            opacities.detach().contiguous(), depths.detach().contiguous(), radii.to(torch.int32).contiguous(),
+            background.detach().contiguous(), int(width), int(height))
+        pack_s, bin_s, raster_s, isects = stats.tolist()
+        last_stats.clear()
+        last_stats.update(pack_s=pack_s, bin_s=bin_s, forward_s=raster_s, isects=int(isects))
+        ctx.save_for_backward(background.detach().contiguous(), packed, offsets, isect, t_final, n_contrib)
+        ctx.dims = (num_cams, n, int(width), int(height))
+        ctx.means2d = means2d  # the very tensor object: backward attaches `.absgrad` to it (as gsplat does)
+        return image, alpha, depth
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_image, g_alpha, g_depth):
+        background, packed, offsets, isect, t_final, n_contrib = ctx.saved_tensors
+        num_cams, n, width, height = ctx.dims
+        dtype = packed.dtype
+
+        def ready(g, shape):
+            if g is None:
+                return torch.zeros(shape, dtype=dtype)
+            return g.to(dtype).contiguous()
+
+        g_image = ready(g_image, (num_cams, height, width, 3))
+        g_alpha = ready(g_alpha, (num_cams, height, width, 1))
+        g_depth = ready(g_depth, (num_cams, height, width, 1))
+        g_means2d, g_conics, g_colors, g_opacities, g_depths, g_background, absgrad, stats = _load().backward(
+            g_image, g_alpha, g_depth, background, packed, offsets, isect, t_final, n_contrib,
+            num_cams, n, width, height)
+        zero_s, raster_s, reduce_s = stats.tolist()
+        last_stats.update(backward_setup_s=zero_s, backward_s=raster_s, backward_reduce_s=reduce_s)
+        needs = ctx.needs_input_grad
+        if needs[0]:
+            ctx.means2d.absgrad = absgrad
+        return (g_means2d if needs[0] else None, g_conics if needs[1] else None, g_colors if needs[2] else None,
+                g_opacities if needs[3] else None, g_depths if needs[4] else None,
+                g_background if needs[5] else None, None, None, None)
+
+
+def composite_cpu(
+    means2d: Float[Tensor, "C N 2"],
+    conics: Float[Tensor, "C N 3"],
+    colors: Float[Tensor, "C N 3"],
+    opacities: Float[Tensor, "C N"],
+    depths: Float[Tensor, "C N"],
+    radii: Int[Tensor, "C N"],
+    background: Float[Tensor, "C 3"] | Float[Tensor, "3"] | None,
+    width: int,
+    height: int,
+) -> tuple[Float[Tensor, "C H W 3"], Float[Tensor, "C H W 1"], Float[Tensor, "C H W 1"]]:
+    """Alpha-composite projected Gaussians into C images of `height` × `width` pixels (C++ kernel, CPU only).
+
+    Same contract as `composite_reference`: entries with radius 0 are ignored; `background` is (C, 3), (3,) or None
+    (black); returns image = Σ w·colour + T·background, alpha = 1 − T, depth = Σ w·z. Differentiable w.r.t.
+    means2d, conics, colors, opacities, depths and background; after backward, `means2d.absgrad` (C, N, 2) holds
+    Σ_pixels |per-pixel dL/dmean2d| (pixel units). float32 or float64."""
+    num_cams, n = radii.shape
+    for name, x, shape in (("means2d", means2d, (num_cams, n, 2)), ("conics", conics, (num_cams, n, 3)),
+                           ("colors", colors, (num_cams, n, 3)), ("opacities", opacities, (num_cams, n)),
+                           ("depths", depths, (num_cams, n))):
+        if tuple(x.shape) != shape:
+            raise ValueError(f"composite_cpu: {name} must have shape {shape}, got {tuple(x.shape)}")
+    tensors = {"means2d": means2d, "conics": conics, "colors": colors, "opacities": opacities, "depths": depths,
+               "radii": radii}
+    if background is not None:
+        tensors["background"] = background
+    for name, x in tensors.items():
+        if x.device.type != "cpu":
+            raise ValueError(f"composite_cpu: the cpu backend needs CPU tensors, but {name} is on {x.device}; "
+                             "use backend='reference' or 'gsplat' for CUDA tensors")
+    dtype = means2d.dtype
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"composite_cpu: float32 or float64 only, got {dtype}")
+    for name in ("conics", "colors", "opacities", "depths"):
+        if tensors[name].dtype != dtype:
+            raise ValueError(f"composite_cpu: {name} is {tensors[name].dtype} but means2d is {dtype}")
+    if int(width) <= 0 or int(height) <= 0:
+        raise ValueError(f"composite_cpu: image size must be positive, got {width}x{height}")
+    if background is None:
+        background = means2d.new_zeros(num_cams, 3)
+    elif tuple(background.shape) == (3,):
+        background = background[None].expand(num_cams, 3)
+    elif tuple(background.shape) != (num_cams, 3):
+        raise ValueError(f"composite_cpu: background must be (3,) or ({num_cams}, 3), got {tuple(background.shape)}")
+    background = background.to(dtype)
+    return _CompositeCPU.apply(means2d, conics, colors, opacities, depths, background, radii, int(width),
+                               int(height))

@@ -1,0 +1,134 @@
+"""EWA projection of 3D Gaussians into C pinhole cameras (pure PyTorch, differentiable by autograd).
+
+Shared by the `reference` and `cpu` backends; the semantics are the classic 3DGS ones written down in the render
+contract:
+
+- p = R·μ + t (world-to-camera); a Gaussian is culled (radius 0) unless near < p.z < far.
+- J = [[fx/z, 0, −fx·x'/z²], [0, fy/z, −fy·y'/z²]] with x' = z·clamp(x/z, −lim_x, lim_x),
+  lim_x = 1.3·max(cx, W − cx)/fx (y likewise). The clamp enters J only, never the projected mean.
+- Σ₂D = J·R·Σ·Rᵀ·Jᵀ + 0.3·I (low-pass dilation); det Σ₂D ≤ 0 → culled; conic = Σ₂D⁻¹ stored as (a, b, c) of
+  [[a, b], [b, c]].
+- radius = ceil(3·sqrt(λ_max(Σ₂D))) pixels; mean2d = (fx·x/z + cx, fy·y/z + cy) pixels (pixel centres at +0.5).
+- A Gaussian whose 16×16 tile rectangle (`tile_rect`) is empty is culled too.
+- colour = eval_sh(sh_degree, sh, normalize(μ − camera centre)) (+0.5, clamped ≥ 0); opacity = sigmoid(logit).
+
+Culled entries (radius 0) carry zeros in `means2d` and `conics` and receive no gradient; `depths`, `colors` and
+`opacities` are defined for every entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from ..cameras import Cameras
+from ..gaussians import Gaussians, quat_to_rotmat
+from ..sh import eval_sh
+
+TILE_SIZE = 16
+EPS_2D = 0.3  # pixels², added to the diagonal of Σ₂D
+FOV_CLAMP = 1.3  # the J clamp: 1.3 × the half field of view
+
+
+@dataclass
+class Projection:
+    """Per-camera projected Gaussians; C cameras, N Gaussians."""
+
+    means2d: Float[Tensor, "C N 2"]  # pixels
+    conics: Float[Tensor, "C N 3"]  # (a, b, c) of the inverse 2D covariance, pixels⁻²
+    depths: Float[Tensor, "C N"]  # camera-space z (world units)
+    radii: Int[Tensor, "C N"]  # int32 pixels; 0 = culled
+    colors: Float[Tensor, "C N 3"]  # SH colour seen from each camera
+    opacities: Float[Tensor, "C N"]  # sigmoid(opacity_logits)
+
+    @property
+    def visible(self) -> Tensor:
+        return self.radii > 0
+
+
+def tile_rect(
+    means2d: Float[Tensor, "*batch 2"], radii: Int[Tensor, "*batch"], width: int, height: int,
+    tile_size: int = TILE_SIZE,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The tile rectangle [x0, x1) × [y0, y1) (tile indices, int64, exclusive ends) each Gaussian covers.
+
+    x0 = clamp(floor((u − r)/16), 0, tiles_x), x1 = clamp(floor((u + r + 15)/16), 0, tiles_x), y likewise.
+    The rectangle is empty (x1 ≤ x0 or y1 ≤ y0) when the square [u−r, u+r]×[v−r, v+r] misses the tile grid."""
+    tiles_x = (width + tile_size - 1) // tile_size
+    tiles_y = (height + tile_size - 1) // tile_size
+    u, v = means2d.detach().unbind(-1)
+    r = radii.to(u.dtype)
+    x0 = torch.floor((u - r) / tile_size).clamp(0, tiles_x).long()
+    x1 = torch.floor((u + r + tile_size - 1) / tile_size).clamp(0, tiles_x).long()
+    y0 = torch.floor((v - r) / tile_size).clamp(0, tiles_y).long()
+    y1 = torch.floor((v + r + tile_size - 1) / tile_size).clamp(0, tiles_y).long()
+    return x0, x1, y0, y1
+
+
+def project(gaussians: Gaussians, cameras: Cameras, sh_degree: int | None = None) -> Projection:
+    """Project `gaussians` into every camera of `cameras` (same device and dtype expected).
+
+    `sh_degree` defaults to the Gaussians' full degree. Differentiable w.r.t. every Gaussian parameter (not the
+    cameras). Shapes: see `Projection`."""
+    sh_degree = gaussians.sh_degree if sh_degree is None else int(sh_degree)
+    if not 0 <= sh_degree <= gaussians.sh_degree:
+        raise ValueError(f"sh_degree must be in [0, {gaussians.sh_degree}] for these Gaussians, got {sh_degree}")
+    dtype = gaussians.dtype
+    w2c = cameras.world_to_camera.to(dtype)
+    k = cameras.intrinsics.to(dtype)
+    width, height = cameras.width, cameras.height
+    num_cams, n = w2c.shape[0], len(gaussians)
+
+    rot_wc, trans = w2c[:, :3, :3], w2c[:, :3, 3]  # C 3 3, C 3
+    p = torch.einsum("cij,nj->cni", rot_wc, gaussians.means) + trans[:, None, :]  # C N 3
+    x, y, z = p.unbind(-1)
+    in_depth = (z > cameras.near) & (z < cameras.far)
+    z_safe = torch.where(in_depth, z, torch.ones_like(z))  # no 1/0 in culled entries (keeps gradients finite)
+
+    fx, fy = k[:, 0, 0, None], k[:, 1, 1, None]  # C 1
+    cx, cy = k[:, 0, 2, None], k[:, 1, 2, None]
+    lim_x = FOV_CLAMP * torch.maximum(cx, width - cx) / fx
+    lim_y = FOV_CLAMP * torch.maximum(cy, height - cy) / fy
+    tx = z_safe * torch.maximum(torch.minimum(x / z_safe, lim_x), -lim_x)
+    ty = z_safe * torch.maximum(torch.minimum(y / z_safe, lim_y), -lim_y)
+
+    zero = torch.zeros_like(z_safe)
+    jac = torch.stack([
+        fx / z_safe, zero, -fx * tx / z_safe**2,
+        zero, fy / z_safe, -fy * ty / z_safe**2,
+    ], dim=-1).reshape(num_cams, n, 2, 3)
+    # Σ = M Mᵀ with M = R_q·diag(s); Σ₂D = (J R_wc M)(J R_wc M)ᵀ + 0.3 I is symmetric PSD by construction.
+    m = quat_to_rotmat(gaussians.quats) * gaussians.scales[:, None, :]  # N 3 3
+    tm = jac @ (rot_wc[:, None] @ m[None])  # C N 2 3
+    cov2d = tm @ tm.transpose(-1, -2)
+    a = cov2d[..., 0, 0] + EPS_2D
+    b = cov2d[..., 0, 1]
+    c = cov2d[..., 1, 1] + EPS_2D
+    det = a * c - b * b
+    ok = in_depth & (det > 0)
+    det_safe = torch.where(ok, det, torch.ones_like(det))
+    conics = torch.stack([c / det_safe, -b / det_safe, a / det_safe], dim=-1)
+
+    u = fx * x / z_safe + cx
+    v = fy * y / z_safe + cy
+    means2d = torch.stack([u, v], dim=-1)
+
+    with torch.no_grad():
+        mid = 0.5 * (a + c)
+        lam_max = mid + torch.sqrt((mid * mid - det).clamp_min(0.0))
+        radii = torch.ceil(3.0 * torch.sqrt(lam_max.clamp_min(0.0)))
+        radii = torch.where(ok, radii, torch.zeros_like(radii)).to(torch.int32)
+        x0, x1, y0, y1 = tile_rect(means2d, radii, width, height)
+        radii = torch.where((x1 > x0) & (y1 > y0), radii, torch.zeros_like(radii))
+        visible = radii > 0
+
+    means2d = torch.where(visible[..., None], means2d, torch.zeros_like(means2d))
+    conics = torch.where(visible[..., None], conics, torch.zeros_like(conics))
+
+    dirs = torch.nn.functional.normalize(gaussians.means[None] - cameras.centers.to(dtype)[:, None, :], dim=-1)
+    colors = eval_sh(sh_degree, gaussians.sh[None].expand(num_cams, -1, -1, -1), dirs)
+    opacities = gaussians.opacities[None].expand(num_cams, n)
+    return Projection(means2d, conics, z, radii, colors, opacities)

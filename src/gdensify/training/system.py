@@ -1,0 +1,67 @@
+"""The Lightning module shared by object- and scene-level training: photometric losses on the coarse and the fine
+renders of every supervision view (inputs and targets), AdamW with warm-up, PSNR logging."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch import nn
+
+from ..cameras import Cameras
+from ..data.batch import ViewBatch
+from ..evaluation.metrics import psnr
+from .config import TrainConfig
+from .losses import photometric_loss
+from .schedule import adamw_param_groups, warmup_schedule
+
+
+def supervision_views(batch: ViewBatch) -> tuple[list[Cameras], torch.Tensor, torch.Tensor]:
+    """Cameras, backgrounds (B, V, 3) and ground truth (B, V, H, W, 3) of inputs followed by targets."""
+    v_in = batch.input_images.shape[1]
+    cameras = [Cameras.cat([i, t]) for i, t in zip(batch.input_cameras, batch.target_cameras)]
+    backgrounds = torch.cat([batch.input_backgrounds[:, None].expand(-1, v_in, 3), batch.target_backgrounds], 1)
+    return cameras, backgrounds, torch.cat([batch.input_images, batch.target_images], dim=1)
+
+
+class ReconstructionSystem(L.LightningModule):
+    """Trains any model mapping a `ViewBatch` to a `Reconstruction`."""
+
+    def __init__(self, model: nn.Module, train: TrainConfig) -> None:
+        super().__init__()
+        self.model, self.train_config = model, train
+
+    def transfer_batch_to_device(self, batch: ViewBatch, device: torch.device, dataloader_idx: int) -> ViewBatch:
+        return batch.to(device)
+
+    def training_step(self, batch: ViewBatch, batch_idx: int) -> torch.Tensor:
+        cfg = self.train_config
+        cameras, backgrounds, truth = supervision_views(batch)
+        out = self.model(batch)
+        loss = torch.zeros((), device=truth.device)
+        for which, weight in (("coarse", cfg.coarse_weight), ("fine", cfg.fine_weight)):
+            if which == "fine" and out.fine is None:
+                continue
+            render = out.render(cameras, backgrounds, which).clamp(0, 1)
+            term, parts = photometric_loss(render, truth, cfg.ssim_weight)
+            loss = loss + weight * term
+            self.log(f"train/psnr_{which}", -10 * torch.log10(parts["mse"]), batch_size=len(batch))
+            self.log(f"train/loss_{which}", term.detach(), batch_size=len(batch))
+        for name, value in out.diagnostics.items():
+            if value.numel() == 1:
+                self.log(f"train/{name}", value.float(), batch_size=len(batch))
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=len(batch))
+        return loss
+
+    def validation_step(self, batch: ViewBatch, batch_idx: int) -> None:
+        out = self.model(batch)
+        for which in ("coarse", "fine") if out.fine is not None else ("coarse",):
+            render = out.render(batch.target_cameras, batch.target_backgrounds, which).clamp(0, 1)
+            value = psnr(render, batch.target_images).mean()
+            self.log(f"val/psnr_{which}", value, prog_bar=which == "fine", batch_size=len(batch), sync_dist=True)
+
+    def configure_optimizers(self):
+        cfg = self.train_config
+        optimizer = torch.optim.AdamW(adamw_param_groups(self.model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_schedule(
+            step, cfg.warmup_steps, cfg.max_steps, cfg.lr, cfg.final_lr, cfg.after_warmup) / cfg.lr)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

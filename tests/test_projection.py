@@ -1,0 +1,182 @@
+"""EWA projection (`gdensify.render.projection`) against hand computations, one Gaussian at a time."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gdensify import Cameras, Gaussians
+from gdensify.cameras import look_at
+from gdensify.render import project, tile_rect
+from gdensify.sh import eval_sh
+
+F64 = torch.float64
+
+
+def random_gaussians(n, sh_degree=2, seed=0, spread=1.0, scale=0.1):
+    gen = torch.Generator().manual_seed(seed)
+    k = (sh_degree + 1) ** 2
+    return Gaussians(
+        means=(torch.rand(n, 3, generator=gen, dtype=F64) * 2 - 1) * spread,
+        quats=torch.randn(n, 4, generator=gen, dtype=F64),
+        log_scales=math.log(scale) + 0.5 * torch.randn(n, 3, generator=gen, dtype=F64),
+        opacity_logits=torch.randn(n, generator=gen, dtype=F64),
+        sh=0.3 * torch.randn(n, k, 3, generator=gen, dtype=F64),
+    )
+
+
+def two_cameras(width=37, height=29):
+    eyes = torch.tensor([[0.3, -4.0, 0.8], [3.5, 1.0, -1.0]], dtype=F64)
+    c2w = look_at(eyes, torch.zeros(2, 3, dtype=F64))
+    k = torch.tensor([[[40.0, 0.0, 17.0], [0.0, 44.0, 15.5], [0.0, 0.0, 1.0]],
+                      [[30.0, 0.0, 20.0], [0.0, 30.0, 13.0], [0.0, 0.0, 1.0]]], dtype=F64)
+    return Cameras.from_camera_to_world(c2w, k, width, height)
+
+
+def hand_projection(g: Gaussians, cams: Cameras, c: int, i: int):
+    """One Gaussian in one camera, written out step by step as in the 3DGS paper."""
+    w2c = cams.world_to_camera[c]
+    r_wc, t = w2c[:3, :3], w2c[:3, 3]
+    fx, fy, cx, cy = (float(cams.intrinsics[c, 0, 0]), float(cams.intrinsics[c, 1, 1]),
+                      float(cams.intrinsics[c, 0, 2]), float(cams.intrinsics[c, 1, 2]))
+    x, y, z = (float(v) for v in r_wc @ g.means[i] + t)
+    u, v = fx * x / z + cx, fy * y / z + cy
+    lim_x = 1.3 * max(cx, cams.width - cx) / fx
+    lim_y = 1.3 * max(cy, cams.height - cy) / fy
+    xc = z * min(max(x / z, -lim_x), lim_x)
+    yc = z * min(max(y / z, -lim_y), lim_y)
+    jac = torch.tensor([[fx / z, 0.0, -fx * xc / z**2], [0.0, fy / z, -fy * yc / z**2]], dtype=F64)
+    cov3d = g.covariances[i]
+    cov2d = jac @ r_wc @ cov3d @ r_wc.T @ jac.T + 0.3 * torch.eye(2, dtype=F64)
+    lam_max = float(torch.linalg.eigvalsh(cov2d).max())
+    radius = math.ceil(3 * math.sqrt(lam_max))
+    return (u, v), z, cov2d, radius
+
+
+def test_means2d_conics_radii_depths_match_hand_projection():
+    g = random_gaussians(12, seed=1)
+    cams = two_cameras()
+    proj = project(g, cams)
+    assert proj.means2d.shape == (2, 12, 2) and proj.conics.shape == (2, 12, 3)
+    assert proj.radii.dtype == torch.int32 and proj.radii.shape == (2, 12)
+    checked = 0
+    for c in range(2):
+        for i in range(12):
+            (u, v), z, cov2d, radius = hand_projection(g, cams, c, i)
+            assert float(proj.depths[c, i]) == pytest.approx(z, rel=1e-12)
+            if int(proj.radii[c, i]) == 0:
+                continue
+            checked += 1
+            assert proj.means2d[c, i].tolist() == pytest.approx([u, v], rel=1e-12, abs=1e-10)
+            assert int(proj.radii[c, i]) == radius
+            a, b, cc = proj.conics[c, i].tolist()
+            conic = torch.tensor([[a, b], [b, cc]], dtype=F64)
+            torch.testing.assert_close(conic @ cov2d, torch.eye(2, dtype=F64), rtol=0, atol=1e-10)
+    assert checked >= 20
+
+
+def test_fov_clamp_enters_the_jacobian_only():
+    # A Gaussian far to the right of the image but wide enough to reach it: x/z exceeds lim_x.
+    cams = Cameras(torch.eye(4, dtype=F64)[None], torch.tensor([[[20.0, 0, 10.0], [0, 20.0, 9.0], [0, 0, 1]]],
+                                                                dtype=F64), 20, 18)
+    g = Gaussians(torch.tensor([[2.0, 0.0, 1.0]], dtype=F64), torch.tensor([[1.0, 0, 0, 0]], dtype=F64),
+                  torch.full((1, 3), math.log(1.0), dtype=F64), torch.zeros(1, dtype=F64),
+                  torch.zeros(1, 1, 3, dtype=F64))
+    proj = project(g, cams)
+    (u, v), _, cov2d, radius = hand_projection(g, cams, 0, 0)
+    assert 2.0 > 1.3 * 10 / 20  # the clamp is active
+    assert int(proj.radii[0, 0]) == radius > 0
+    assert proj.means2d[0, 0].tolist() == pytest.approx([u, v])  # the mean itself is not clamped: u = 50
+    a, b, c = proj.conics[0, 0].tolist()
+    torch.testing.assert_close(torch.tensor([[a, b], [b, c]], dtype=F64) @ cov2d, torch.eye(2, dtype=F64),
+                               rtol=0, atol=1e-10)
+
+
+def test_culling_rules():
+    cams = Cameras(torch.eye(4, dtype=F64)[None], torch.tensor([[[20.0, 0, 10.0], [0, 20.0, 9.0], [0, 0, 1]]],
+                                                                dtype=F64), 20, 18, near=0.1, far=50.0)
+    means = torch.tensor([
+        [0.0, 0.0, 2.0],  # visible
+        [0.0, 0.0, -2.0],  # behind the camera
+        [0.0, 0.0, 0.05],  # in front of the camera but nearer than `near`
+        [0.0, 0.0, 0.2],  # straddles the near plane (scale 0.5 > z - near): kept, centre in front
+        [0.0, 0.0, 60.0],  # beyond `far`
+        [40.0, 0.0, 2.0],  # far outside the image: empty tile rectangle
+    ], dtype=F64)
+    n = len(means)
+    log_scales = torch.full((n, 3), math.log(0.05), dtype=F64)
+    log_scales[3] = math.log(0.5)
+    g = Gaussians(means, torch.tensor([[1.0, 0, 0, 0]] * n, dtype=F64), log_scales, torch.zeros(n, dtype=F64),
+                  torch.zeros(n, 1, 3, dtype=F64))
+    proj = project(g, cams)
+    assert proj.radii[0].tolist()[1:3] == [0, 0] and proj.radii[0].tolist()[4:] == [0, 0]
+    assert int(proj.radii[0, 0]) > 0 and int(proj.radii[0, 3]) > 0
+    culled = proj.radii[0] == 0
+    assert float(proj.means2d[0][culled].abs().max()) == 0.0 and float(proj.conics[0][culled].abs().max()) == 0.0
+    assert bool(torch.isfinite(proj.means2d).all() and torch.isfinite(proj.conics).all())
+
+
+def test_tile_rect_formula_and_border_culling():
+    means2d = torch.tensor([[[-3.0, 5.0], [0.4, 5.0], [36.9, 28.5], [47.9, 5.0], [49.5, 5.0], [10.0, 10.0]]],
+                           dtype=F64)
+    radii = torch.tensor([[3, 3, 2, 1, 1, 30]], dtype=torch.int32)
+    x0, x1, y0, y1 = tile_rect(means2d, radii, 37, 29)  # tiles_x = 3, tiles_y = 2
+    assert x0[0].tolist() == [0, 0, 2, 2, 3, 0]
+    assert x1[0].tolist() == [0, 1, 3, 3, 3, 3]  # u + r < 1 → empty; u - r ≥ 48 → empty
+    assert (x1 > x0)[0].tolist() == [False, True, True, True, False, True]
+    assert y0[0].tolist() == [0, 0, 1, 0, 0, 0] and y1[0].tolist() == [1, 1, 2, 1, 1, 2]
+
+
+def test_colors_equal_eval_sh_and_sh_degree_truncates():
+    g = random_gaussians(10, sh_degree=3, seed=2)
+    cams = two_cameras()
+    for degree in (0, 1, 3):
+        proj = project(g, cams, sh_degree=degree)
+        for c in range(2):
+            dirs = torch.nn.functional.normalize(g.means - cams.centers[c], dim=-1)
+            torch.testing.assert_close(proj.colors[c], eval_sh(degree, g.sh, dirs))
+    torch.testing.assert_close(proj.opacities, torch.sigmoid(g.opacity_logits).expand(2, 10))
+    with pytest.raises(ValueError, match="sh_degree"):
+        project(g, cams, sh_degree=4)
+
+
+def test_several_cameras_equal_one_at_a_time():
+    g = random_gaussians(20, seed=3)
+    cams = two_cameras()
+    both = project(g, cams)
+    for c in range(2):
+        one = project(g, cams[c])
+        for name in ("means2d", "conics", "depths", "radii", "colors", "opacities"):
+            torch.testing.assert_close(getattr(both, name)[c], getattr(one, name)[0])
+
+
+def test_projection_gradcheck():
+    """Finite differences of means2d, conics, depths and colours w.r.t. every Gaussian parameter (visible
+    Gaussians; radii are piecewise constant and excluded)."""
+    g = random_gaussians(4, sh_degree=1, seed=4, spread=0.5, scale=0.2)
+    cams = two_cameras()
+    params = [g.means, g.quats, g.log_scales, g.opacity_logits, g.sh]
+    inputs = [p.clone().requires_grad_(True) for p in params]
+    visible = project(g, cams).radii > 0
+    assert bool(visible.all())
+
+    def f(*ps):
+        proj = project(Gaussians(*ps), cams)
+        return proj.means2d, proj.conics, proj.depths, proj.colors, proj.opacities
+
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def test_culled_gaussians_get_zero_finite_gradients():
+    cams = Cameras(torch.eye(4, dtype=F64)[None], torch.tensor([[[20.0, 0, 10.0], [0, 20.0, 9.0], [0, 0, 1]]],
+                                                                dtype=F64), 20, 18)
+    means = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.1, 0.0, 2.0]], dtype=F64, requires_grad=True)
+    g = Gaussians(means, torch.tensor([[1.0, 0, 0, 0]] * 3, dtype=F64), torch.full((3, 3), -2.0, dtype=F64),
+                  torch.zeros(3, dtype=F64), torch.zeros(3, 1, 3, dtype=F64))
+    proj = project(g, cams)
+    assert proj.radii[0].tolist()[:2] == [0, 0]
+    (proj.means2d.sum() + proj.conics.sum()).backward()
+    assert bool(torch.isfinite(means.grad).all())
+    assert float(means.grad[:2].abs().max()) == 0.0 and float(means.grad[2].abs().max()) > 0.0
