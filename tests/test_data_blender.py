@@ -95,6 +95,9 @@ def test_rgba_composited_on_the_background_and_rgb_accepted(tmp_path):
     # re-compositing on another background is exact
     white = load_blender_split(root, background=(1.0, 1.0, 1.0))
     torch.testing.assert_close(v.on_background((1.0, 1.0, 1.0)), white.images, atol=1e-6, rtol=0)
+    per_view = v.on_background(torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]))  # e.g. random training greys
+    torch.testing.assert_close(per_view[0], white.images[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(per_view[1], v.images[1])  # opaque view: unchanged
 
 
 def test_intrinsics_from_angle_focal_matrix_and_declared_size(tmp_path):

@@ -44,10 +44,10 @@ def test_matches_dense_conv3d(monkeypatch, dense_path, n, size):
 @pytest.mark.parametrize("dense_path", [False, True])
 def test_gradcheck(monkeypatch, dense_path):
     monkeypatch.setattr(pt, "_DENSE_MIN_PAIRS", 0.0 if dense_path else 1e9)
-    grid, batch = _random_cells(40, 4, seed=3)
+    grid, batch = _random_cells(20, 3, seed=3)
     vm = build_voxel_map(grid, batch, 1)
     conv = SubmanifoldConv3d(3, 2).double()
-    feat = torch.randn(40, 3, dtype=torch.float64, requires_grad=True)
+    feat = torch.randn(20, 3, dtype=torch.float64, requires_grad=True)
     w = conv.weight.detach().clone().requires_grad_(True)
     conv.weight = torch.nn.Parameter(w)
 

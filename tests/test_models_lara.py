@@ -1,5 +1,6 @@
 """LaRa-style backbone (`gdensify.models.lara`) and the ViT image encoder (`gdensify.models.vit`)."""
 
+import dataclasses
 import math
 import time
 
@@ -134,6 +135,17 @@ def test_paper_derived_constants():
     centres = dense_grid(cfg.gaussian_grid_size, 0.5).reshape(-1, 3)
     assert centres[0].tolist() == pytest.approx([-0.4921875] * 3)
     assert centres[1].tolist() == pytest.approx([-0.4921875, -0.4921875, -0.4765625])  # z fastest, x slowest
+
+
+def test_config_round_trip_and_overrides():
+    from gdensify.config import apply_overrides, from_dict, to_dict
+
+    for cfg in (LaRaConfig.paper(), LaRaConfig.tiny()):
+        assert from_dict(LaRaConfig, to_dict(cfg)) == cfg
+    cfg = apply_overrides(LaRaConfig.tiny(), ["volume_dim=96", "encoder.depth=2", "groups=[8,4]"])
+    assert cfg.volume_dim == 96 and cfg.encoder.depth == 2 and cfg.groups == (8, 4)
+    with pytest.raises(ValueError, match="divide"):
+        apply_overrides(LaRaConfig.tiny(), ["groups=[3]"])
 
 
 # ------------------------------------------------------------------------------------------- building blocks
@@ -427,7 +439,7 @@ def test_vit_weight_loading_round_trip(tmp_path):
     assert ref.shape == (2, cfg.embed_dim, 8, 12)
 
     # through the backbone config
-    bb = LaRaBackbone(LaRaConfig(**{**LaRaConfig.tiny().__dict__, "encoder_weights": str(tmp_path / "vit.safetensors")}))
+    bb = LaRaBackbone(dataclasses.replace(LaRaConfig.tiny(), encoder_weights=str(tmp_path / "vit.safetensors")))
     assert torch.equal(bb.img_encoder.model.pos_embed, state["pos_embed"])
 
     fresh = VisionTransformer(cfg)

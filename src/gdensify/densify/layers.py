@@ -19,7 +19,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from ..gaussians import Gaussians
-from ._ops import segment_softmax, take, top_ratio_mask
+from ._ops import segment_softmax, top_ratio_mask
 from .point_transformer import DropPath, GlobalAdaptiveLayerNorm
 
 # Released object-model defaults (gd_official_spec.md §1.6, §3.9, Appendix A).
@@ -31,6 +31,11 @@ def positional_encoding(x: Float[Tensor, "N 3"], frequencies: Tensor) -> Float[T
     """[sin(f_k·x_a)]_{k,a} then [cos(f_k·x_a)]_{k,a}, index k·3 + a (no π), 6·K dims."""
     arg = (x[:, None, :] * frequencies.to(x.dtype)[None, :, None]).flatten(1)
     return torch.cat([torch.sin(arg), torch.cos(arg)], dim=-1)
+
+
+def _repeat_rows(x: Tensor, r: int) -> Tensor:
+    """Each row repeated r times in place (rows i·r … i·r + r − 1); the backward is a plain sum over r."""
+    return x.unsqueeze(1).expand(x.shape[0], r, *x.shape[1:]).reshape(x.shape[0] * r, *x.shape[1:])
 
 
 class Upsample(nn.Module):
@@ -67,13 +72,13 @@ class Upsample(nn.Module):
         f = self.in_norm(feat, batch, global_feat)
         parent = torch.arange(n, device=feat.device).repeat_interleave(r)
         dx = (self.offset_scale * grid_size) * torch.tanh(self.delta_x(f).reshape(n * r, 3))
-        f_rep, b_rep = take(f, parent), take(batch, parent)
+        f_rep, b_rep = _repeat_rows(f, r), _repeat_rows(batch, r)
         norm, lin1, act, lin2 = self.delta_f
         h = torch.cat([positional_encoding(dx, self.frequencies).to(f_rep.dtype), f_rep], dim=-1)
         df = lin2(act(lin1(norm(h, b_rep, global_feat))))
         out = self.skip(f_rep) + self.drop_path(df, generator)
         out = self.out_norm(out, b_rep, global_feat)
-        return take(coord, parent) + dx.to(coord.dtype), out, b_rep, parent, dx
+        return _repeat_rows(coord, r) + dx.to(coord.dtype), out, b_rep, parent, dx
 
 
 class LearnableMask(nn.Module):

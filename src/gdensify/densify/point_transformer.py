@@ -364,7 +364,7 @@ def drop_path(x: Tensor, p: float, training: bool, generator: torch.Generator | 
     keep = 1.0 - p
     gdev = generator.device if generator is not None else x.device
     u = torch.rand((x.shape[0],) + (1,) * (x.ndim - 1), generator=generator, device=gdev).to(x.device)
-    return x * (u < keep).to(x.dtype) / keep
+    return x * ((u < keep).to(x.dtype) * (1.0 / keep))
 
 
 class DropPath(nn.Module):

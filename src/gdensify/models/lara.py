@@ -91,13 +91,17 @@ class LaRaConfig:
     scene_half_size: float = 0.5
     opacity_shift: float = -2.1792
     sample_pixel_shift: float = 0.5  # official quirk: +0.5 px before normalising grid_sample coordinates
-    image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    image_mean: tuple[float, ...] = (0.485, 0.456, 0.406)  # ImageNet statistics (timm's DINO data config)
+    image_std: tuple[float, ...] = (0.229, 0.224, 0.225)
 
     def __post_init__(self) -> None:
         if isinstance(self.encoder, dict):
             self.encoder = ViTConfig(**self.encoder)
         self.groups = tuple(int(g) for g in self.groups)
+        self.image_mean = tuple(float(x) for x in self.image_mean)
+        self.image_std = tuple(float(x) for x in self.image_std)
+        if len(self.image_mean) != 3 or len(self.image_std) != 3:
+            raise ValueError("image_mean and image_std need 3 values (RGB)")
         if not self.groups:
             raise ValueError("groups must not be empty")
         for g in self.groups:
@@ -544,10 +548,12 @@ class LaRaBackbone(nn.Module):
         cell centres projected into each view."""
         cfg = self.config
         bv, c, gh, gw = tokens.shape
-        cond = plucker_sh(token_plucker(w2c, k, gh, gw, cfg.encoder.patch_size), cfg.ray_sh_degree)
-        tokens = self.dir_norm(tokens.permute(0, 2, 3, 1), cond.to(tokens.dtype)).permute(0, 3, 1, 2)
-        uv, z = project_points(self.volume_grid.reshape(1, -1, 3).to(w2c.dtype), w2c, k)
-        grid = _grid_coords(uv, z, width, height, cfg.sample_pixel_shift)
+        with torch.autocast(w2c.device.type, enabled=False):  # camera geometry in float32
+            w2c, k = w2c.float(), k.float()
+            cond = plucker_sh(token_plucker(w2c, k, gh, gw, cfg.encoder.patch_size), cfg.ray_sh_degree)
+            uv, z = project_points(self.volume_grid.reshape(1, -1, 3).float(), w2c, k)
+            grid = _grid_coords(uv, z, width, height, cfg.sample_pixel_shift)
+        tokens = self.dir_norm(tokens.permute(0, 2, 3, 1), cond).permute(0, 3, 1, 2)
         sampled = F.grid_sample(tokens.float(), grid[:, None].float(), mode="bilinear", padding_mode="zeros",
                                 align_corners=False)
         f = cfg.feat_volume_size
@@ -589,9 +595,10 @@ class LaRaBackbone(nn.Module):
     ) -> Float[Tensor, "m v 8"]:
         """Per view: [input RGB, coarse RGB, coarse alpha, |coarse depth − point camera z|] at the projected means."""
         v, h, w = images.shape[:3]
-        stack = torch.cat([images, rgb, alpha, depth], dim=-1).permute(0, 3, 1, 2).float()  # (V, 8, H, W)
-        uv, z = project_points(means.float()[None], w2c, k)
-        grid = _grid_coords(uv, z, w, h, self.config.sample_pixel_shift)
+        stack = torch.cat([images.float(), rgb.float(), alpha.float(), depth.float()], dim=-1).permute(0, 3, 1, 2)
+        with torch.autocast(means.device.type, enabled=False):  # camera geometry in float32
+            uv, z = project_points(means.float()[None], w2c.float(), k.float())
+            grid = _grid_coords(uv, z, w, h, self.config.sample_pixel_shift)
         s = F.grid_sample(stack, grid[:, None], mode="bilinear", padding_mode="zeros", align_corners=False)[:, :, 0]
         s = torch.cat([s[:, :7], (s[:, 7:] - z[:, None]).abs()], dim=1)  # (V, 8, M)
         return s.permute(2, 0, 1)

@@ -33,7 +33,10 @@ Architecture (MVSplat, `shared/reference/paper_and_mvsplat.md` §4a; blocks in `
 
 Differences from the reference code, all deliberate: pixel centres at +0.5 with `align_corners=False` everywhere
 (the reference mixes integer pixel coordinates with `align_corners=True`); intrinsics in pixels; views laid out
-b-major; opacity stored as a logit (the raw density itself, so sigmoid gives MVSplat's opacity).
+b-major; opacity stored as a logit (the raw density itself, so sigmoid gives MVSplat's opacity); the U-Nets'
+cross-view attention always spans the V views of one scene (the reference reshapes by a fixed frame count); SH
+rotation by an exact least-squares fit per band instead of e3nn's Wigner matrices; the plane-sweep grid is
+computed without gradient, as in the reference, and sampling points behind the source camera read zeros.
 
 Inputs: images (B, V, H, W, 3) in [0, 1] with H and W multiples of `config.size_multiple` (16 in both presets);
 cameras as a list of B `Cameras` of V views each (intrinsics in pixels for H×W), a single `Cameras` of B·V views
