@@ -229,3 +229,38 @@ def test_merge_with_coarse():
     mask_sel[selected] = True
     merged2, batch2 = merge_with_coarse(coarse, coarse_batch, mask_sel, res, keep=keep)
     assert torch.equal(merged2.means, merged.means) and torch.equal(batch2, batch)
+
+
+def test_released_checkpoint_keys_map_onto_the_paper_object_decoder():
+    model = GenerativeDensifier(DensifierConfig.preset("paper_object", norm="layernorm"))
+    ours = model.state_dict()
+    released = {}
+    for key, value in ours.items():  # our names → the released names (gd_official_spec.md §6)
+        parts = key.split(".")
+        if parts[2] == "blocks":
+            name = ".".join(["net", "dec", parts[1], f"block{parts[3]}", *parts[4:]])
+        else:
+            name = ".".join(["net", "dec", *parts[1:]])
+        released[name] = torch.randn_like(value) if value.is_floating_point() else value
+    assert len(released) == 82
+    assert released["net.dec.0.block1.cpe.0.weight"].shape == (160, 3, 3, 3, 160)
+    assert released["net.dec.1.up.delta_f.1.weight"].shape == (256, 346)
+    assert released["net.dec.0.mask.net.2.weight"].shape == (1, 256)
+    released["net.img_encoder.model.cls_token"] = torch.zeros(1, 1, 768)  # ignored: not the decoder
+    fresh = GenerativeDensifier(DensifierConfig.preset("paper_object", norm="layernorm"))
+    fresh.load_released_state_dict(released)
+    assert torch.equal(fresh.layers[1].blocks[0].attn.qkv.weight, released["net.dec.1.block0.attn.qkv.weight"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu_and_is_deterministic():
+    model = GenerativeDensifier(_tiny()).eval()
+    x, f = _surface_points(200, seed=8), torch.randn(200, 32)
+    b = torch.zeros(200, dtype=torch.long)
+    with torch.no_grad():
+        ref = model(x, f, b)
+        gpu = model.cuda()
+        r1 = gpu(x.cuda(), f.cuda(), b.cuda())
+        r2 = gpu(x.cuda(), f.cuda(), b.cuda())
+    assert torch.equal(r1.attributes, r2.attributes)
+    torch.testing.assert_close(r1.attributes.cpu(), ref.attributes, rtol=1e-3, atol=1e-3)

@@ -215,17 +215,17 @@ def test_tiny_forward_shapes_and_coarse_parameterisation(tiny):
 
 
 def test_coarse_head_defaults_at_zero_output():
-    model = LaRaBackbone(LaRaConfig.tiny()).eval()  # preset constants: 32³ Gaussians, cell 1/32
+    model = LaRaBackbone(micro_config()).eval()  # 16³ Gaussians, cell 1/16
     last = model.decoder.mlp_coarse[4]
     torch.nn.init.zeros_(last.weight)
     torch.nn.init.zeros_(last.bias)
     with torch.no_grad():
-        out = model(torch.rand(1, 2, SIZE, SIZE, 3), ring_cameras(2))
-    cfg = model.config
-    assert torch.allclose(out.means[0], dense_grid(32, 0.5).reshape(-1, 3), atol=1e-7)
+        out = model(torch.rand(1, 2, MICRO, MICRO, 3), ring_cameras(2, size=MICRO))
+    assert torch.allclose(out.means[0], dense_grid(16, 0.5).reshape(-1, 3), atol=1e-7)
     assert torch.allclose(torch.sigmoid(out.opacity_logits), torch.tensor(0.10164), atol=1e-4)
-    assert torch.allclose(out.log_scales, torch.tensor(math.log(1 / 32 / 3)), atol=1e-6)
-    assert cfg.log_scale_shift == pytest.approx(math.log(1 / 96))
+    assert torch.allclose(out.log_scales, torch.tensor(math.log(1 / 16 / 3)), atol=1e-6)
+    tiny = LaRaConfig.tiny()
+    assert tiny.num_gaussians == 32 ** 3 and tiny.log_scale_shift == pytest.approx(math.log(1 / 96))
 
 
 def test_camera_forms_and_resolution_rescaling(micro):
@@ -380,9 +380,9 @@ def test_official_state_dict_round_trip(micro):
         load_official_state_dict(fresh, state)
 
 
-def test_tiny_forward_is_fast():
+def test_tiny_forward_is_fast(tiny):
     """1 object × 4 views at 128²: measured as single-thread CPU time so that a loaded machine does not fail it."""
-    model = LaRaBackbone(LaRaConfig.tiny()).eval()
+    model = tiny
     images, cams = torch.rand(1, 4, SIZE, SIZE, 3), [ring_cameras()]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -439,7 +439,8 @@ def test_vit_weight_loading_round_trip(tmp_path):
     assert ref.shape == (2, cfg.embed_dim, 8, 12)
 
     # through the backbone config
-    bb = LaRaBackbone(dataclasses.replace(LaRaConfig.tiny(), encoder_weights=str(tmp_path / "vit.safetensors")))
+    bb = LaRaBackbone(dataclasses.replace(micro_config(), encoder=cfg, image_size=128,
+                                          encoder_weights=str(tmp_path / "vit.safetensors")))
     assert torch.equal(bb.img_encoder.model.pos_embed, state["pos_embed"])
 
     fresh = VisionTransformer(cfg)

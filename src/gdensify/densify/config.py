@@ -2,13 +2,15 @@
 
 Defaults follow the paper; the released code's behaviour is available through switches:
 
-| switch | paper (default) | released code |
-|---|---|---|
-| ``norm`` | ``"adaptive"``: global adaptive normalization (per-object pooled input feature scales every LayerNorm) | ``"layernorm"``: plain no-affine LayerNorm (the pooled feature is computed but unused) |
-| ``head_before_split`` | ``False``: UP → SPLIT → HEAD, the head runs on the leaves (also the released "Ours") | ``True``: the released residual model's UP → HEAD → SPLIT |
-| ``residual_attributes`` | ``False`` | ``True``: children add their head output to the parent's attributes ("Ours (w/ residual)", the scene model) |
-| ``mask`` | ``"sigmoid"`` | ``"softmax"`` per object (residual model) |
-| ``shuffle_orders_eval`` | ``False``: evaluation is deterministic | ``True``: the released code shuffles the curves at test time too |
+- ``norm``: ``"adaptive"`` (paper: global adaptive normalization, the per-object pooled input feature scales
+  every LayerNorm) | ``"layernorm"`` (released: plain no-affine LayerNorm; the pooled feature is unused).
+- ``head_before_split``: ``False`` (paper, and the released "Ours": UP → SPLIT → HEAD, the head runs on the
+  leaves) | ``True`` (the released residual model's UP → HEAD → SPLIT, head on every point).
+- ``residual_attributes``: ``False`` | ``True`` (released "Ours (w/ residual)" and the scene model: children add
+  their head output to the parent's attributes).
+- ``mask``: ``"sigmoid"`` (paper) | ``"softmax"`` over the object's points (released residual model).
+- ``shuffle_orders_eval``: ``False`` (evaluation is deterministic) | ``True`` (the released code shuffles the
+  curves at test time too).
 
 Presets: ``paper_object`` (the released object decoder: 160/256 channels, 2 blocks per layer, factors [2, 4],
 keep ratio 0.8; 12,000 points → 4,800 + 76,800 = 81,600 fine Gaussians; 7,946,555 parameters with

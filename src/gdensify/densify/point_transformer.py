@@ -184,7 +184,8 @@ class PointBatch:
         permuted with `torch.randperm(len(orders), generator=generator)`."""
         orders = tuple(orders)
         if shuffle and len(orders) > 1:
-            perm = torch.randperm(len(orders), generator=generator).tolist()
+            device = generator.device if generator is not None else "cpu"
+            perm = torch.randperm(len(orders), generator=generator, device=device).tolist()
             orders = tuple(orders[i] for i in perm)
         self.grid_coord = serialization.quantize(self.coord, self.batch, self.grid_size, self.num_objects)
         code, order, inverse = serialization.serialize(self.grid_coord, self.batch, self.num_objects, orders)
@@ -276,7 +277,8 @@ class _SubmanifoldConvFunction(torch.autograd.Function):
                 grad_feat = g @ w[CENTER].T
                 for k, (rows, src) in enumerate(voxels.pairs):
                     if k != CENTER and rows.numel():
-                        grad_feat.index_put_((src,), take(grad_feat, src) + take(g, rows) @ w[k].T)  # src unique per offset
+                        # src is unique per offset: a gather-add-scatter, no colliding writes
+                        grad_feat.index_put_((src,), take(grad_feat, src) + take(g, rows) @ w[k].T)
         if ctx.needs_input_grad[1]:
             if voxels.dense:
                 grad_weight = _dense_weight_grad(feat, voxels.neighbors, g)

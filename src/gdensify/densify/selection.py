@@ -3,8 +3,8 @@
 The score of Gaussian i is computed from renders of the coarse Gaussians into the **input** views against the
 input images (target views are never used):
 
-- ``reduction="mean"`` (the paper): m_i = (1/V) Σ_v ‖∇_{p(x_i, v)} L_MSE(I_v, Î_v)‖₂, the mean over the V input
-  views of the per-view gradient norm (a view where i is not visible contributes 0);
+- ``reduction="mean"`` (the paper): m_i = (1/V) Σ_v ‖∇_{p(x_i, v)} L_MSE(I_v, Î_v)‖₂, the mean over the V
+  input views of the per-view gradient norm (a view where i is not visible contributes 0);
 - ``reduction="sum"`` (the released code): ‖Σ_v ∇_{p(x_i, v)} L‖₂, the norm of the view-summed gradient (the
   released code differentiates one MSE over all views concatenated, i.e. (1/V)·Σ_v L_v; the constant 1/V does
   not change the ranking and is not applied here).

@@ -660,9 +660,10 @@ def visible_masks(
 
     If fewer than `min_ratio` of an object's Gaussians pass, each failing one is added with probability 0.2
     (training and evaluation). In training only, if more than `dense_ratio` pass, each passing one is kept with
-    probability 0.5. Random draws use `generator` (deterministic evaluation needs none: with the defaults it
-    only draws when almost nothing is visible)."""
+    probability 0.5. Random draws (on the CPU) use `generator`; without one, a generator seeded 0 is used so that
+    evaluation is deterministic — pass your own in training, or every step drops the same Gaussians."""
     logits = coarse.opacity_logits if isinstance(coarse, LaRaCoarse) else coarse
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
     mask = torch.sigmoid(logits.detach()) > threshold
     out = []
     for m in mask:

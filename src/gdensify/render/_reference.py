@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from .projection import TILE_SIZE, tile_rect
 
@@ -125,20 +126,16 @@ def _gather_ids(plan: _Plan, group: _TileGroup, kc: int) -> tuple[Tensor, Tensor
 
 # --------------------------------------------------------------------------------------------------- one step
 def _step(
-    means: Tensor, offsets: Tensor | None, conics: Tensor, colors: Tensor, opacities: Tensor, depths: Tensor,
-    valid: Tensor, pixels: Tensor, t_in: Tensor, done_in: Tensor,
+    d: Tensor, conics: Tensor, colors: Tensor, opacities: Tensor, depths: Tensor, valid: Tensor, t_in: Tensor,
+    done_in: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Composite one depth chunk of K Gaussians over the 256 pixels of T tiles.
+    """Composite one depth chunk of K Gaussians over the P = 256 pixels of T tiles.
 
-    means (T,K,2), offsets None or (T,P,K,2) (a per-pair copy of the mean, zeros, for per-pixel gradients),
-    conics (T,K,3), colors (T,K,3), opacities (T,K), depths (T,K), valid (T,K) bool, pixels (T,P,2),
-    t_in (T,P) transmittance entering the chunk, done_in (T,P) pixels already stopped.
+    d (T,P,K,2) = mean2d − pixel centre for every (pixel, Gaussian) pair (so dL/dd is the per-pixel term of
+    dL/dmean2d), conics (T,K,3), colors (T,K,3), opacities (T,K), depths (T,K), valid (T,K) bool (padding),
+    t_in (T,P) transmittance entering the chunk, done_in (T,P) pixels already stopped (or outside the image).
     Returns the chunk's colour (T,P,3) and depth (T,P) contributions, T leaving the chunk (T,P) and the new done.
     """
-    mean = means[:, None, :, :]
-    if offsets is not None:
-        mean = mean + offsets
-    d = mean - pixels[:, :, None, :]  # T P K 2
     dx, dy = d[..., 0], d[..., 1]
     a, b, c = (x[:, None, :] for x in conics.unbind(-1))
     power = -0.5 * (a * dx * dx + c * dy * dy) - b * dx * dy  # T P K
@@ -185,7 +182,8 @@ class _Composite(torch.autograd.Function):
                 ids, gvalid = _gather_ids(plan, group, kc)
                 group_states.append((t, done))
                 m, cn, col, op, z = (x[ids] for x in flat)
-                dcol, ddep, t, done = _step(m, None, cn, col, op, z, gvalid, pixels, t, done)
+                d = m[:, None, :, :] - pixels[:, :, None, :]
+                dcol, ddep, t, done = _step(d, cn, col, op, z, gvalid, t, done)
                 color, depth = color + dcol, depth + ddep
             states.append(group_states)
             sel = index[pvalid]
@@ -203,6 +201,7 @@ class _Composite(torch.autograd.Function):
         return image, alpha, depth_img
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g_image, g_alpha, g_depth):
         means2d, conics, colors, opacities, depths, background, t_final = ctx.saved_tensors
         plan, states = ctx.plan, ctx.states
@@ -235,16 +234,13 @@ class _Composite(torch.autograd.Function):
                 t_in, done_in = group_states[kc]
                 ids, gvalid = _gather_ids(plan, group, kc)
                 with torch.enable_grad():
+                    d = (flat[0][ids][:, None, :, :] - pixels[:, :, None, :]).requires_grad_(True)
                     leaves = [x[ids].detach().requires_grad_(True) for x in flat[1:]]
-                    offsets = torch.zeros(*pixels.shape[:2], ids.shape[1], 2, dtype=dtype, device=pixels.device,
-                                          requires_grad=True)
                     t_leaf = t_in.detach().requires_grad_(True)
-                    dcol, ddep, t_out, _ = _step(flat[0][ids].detach(), offsets, *leaves, gvalid, pixels, t_leaf,
-                                                 done_in)
-                    g_off, *g_leaves, g_t = torch.autograd.grad(
-                        (dcol, ddep, t_out), (offsets, *leaves, t_leaf), (g_col, g_dep, g_t), allow_unused=True)
-                sel = ids[gvalid]
-                g_pair = g_off  # T P K 2: per-pixel term of dL/dmean2d
+                    dcol, ddep, t_out, _ = _step(d, *leaves, gvalid, t_leaf, done_in)
+                    g_pair, *g_leaves, g_t = torch.autograd.grad(
+                        (dcol, ddep, t_out), (d, *leaves, t_leaf), (g_col, g_dep, g_t), allow_unused=True)
+                sel = ids[gvalid]  # g_pair (T,P,K,2): the per-pixel terms of dL/dmean2d
                 grads[0].index_add_(0, sel, g_pair.sum(1)[gvalid])
                 absgrad.index_add_(0, sel, g_pair.abs().sum(1)[gvalid])
                 for acc, g in zip(grads[1:], g_leaves):
