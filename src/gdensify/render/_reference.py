@@ -208,9 +208,7 @@ class _Composite(torch.autograd.Function):
         width, height = ctx.size
         num_cams, n = means2d.shape[:2]
         dtype = means2d.dtype
-        g_image = g_image.contiguous() if g_image is not None else torch.zeros(*t_final.shape, 3).to(t_final)
-        g_alpha = g_alpha.contiguous() if g_alpha is not None else torch.zeros_like(t_final)[..., None]
-        g_depth = g_depth.contiguous() if g_depth is not None else torch.zeros_like(t_final)[..., None]
+        g_image, g_alpha, g_depth = g_image.contiguous(), g_alpha.contiguous(), g_depth.contiguous()  # never None
 
         g_background = (g_image * t_final[..., None]).sum(dim=(1, 2))  # C 3
         g_t_final = (g_image * background[:, None, None, :]).sum(-1) - g_alpha[..., 0]  # C H W
