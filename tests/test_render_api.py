@@ -137,16 +137,19 @@ def test_zero_gaussians_and_all_behind_the_camera_give_the_background():
 
 def test_straddling_near_plane_tiny_and_huge_scales_stay_finite():
     cams = simple_camera(37, 29, focal=30.0, near=0.2)
-    means = torch.tensor([[0.0, 0.0, 0.25], [0.3, 0.1, 3.0], [-0.2, 0.0, 2.0], [0.0, -0.3, 5.0]], dtype=F64)
+    means = torch.tensor([[0.0, 0.0, 0.25], [0.3, 0.1, 3.0], [-0.2, 0.0, 2.0], [0.0, -0.3, 5.0], [0.0, 0.0, 50.0]],
+                         dtype=F64)
     log_scales = torch.tensor([[math.log(0.5)] * 3,  # centre just past `near`, extent far across it
                                [math.log(1e-7)] * 3,  # degenerate: only the 0.3 px² dilation remains
                                [math.log(1e3)] * 3,  # huge
-                               [math.log(1e-7), math.log(1.0), math.log(1.0)]], dtype=F64)  # flat disc
-    g = Gaussians(means.clone().requires_grad_(True), torch.randn(4, 4, dtype=F64), log_scales.requires_grad_(True),
-                  torch.full((4,), 2.0, dtype=F64), torch.zeros(4, 1, 3, dtype=F64))
+                               [math.log(1e-7), math.log(1.0), math.log(1.0)],  # flat disc
+                               [math.log(1e9)] * 3], dtype=F64)  # absurd: the radius saturates, no int32 overflow
+    g = Gaussians(means.clone().requires_grad_(True), torch.randn(5, 4, dtype=F64), log_scales.requires_grad_(True),
+                  torch.full((5,), 2.0, dtype=F64), torch.zeros(5, 1, 3, dtype=F64))
     out = rasterize(g, cams, backend="reference")
     assert bool((out.radii > 0).all())
     assert int(out.radii[0, 1]) == math.ceil(3 * math.sqrt(0.3))  # tiny: radius of the dilation alone
+    assert int(out.radii[0, 4]) == 2**30
     for x in (out.image, out.alpha, out.depth):
         assert bool(torch.isfinite(x).all())
     assert bool(((out.alpha >= 0) & (out.alpha <= 1)).all())

@@ -26,7 +26,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
+#include <ATen/ops/from_blob.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
@@ -34,7 +34,10 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <unordered_map>
 #include <limits>
 #include <numeric>
 #include <utility>
@@ -85,6 +88,161 @@ inline int team_size() {
   return 1;
 #endif
 }
+
+// ------------------------------------------------------------------------------------------------ memory
+// First-touch page faults are expensive (a few microseconds per 4 KiB page on small VMs), and glibc returns large
+// freed blocks to the OS, so every call would fault its buffers in again. Large buffers therefore come from a
+// small cache of blocks that stay mapped: scratch space directly, and tensors (saved for backward, returned) via
+// from_blob with a deleter that hands the block back. The cache holds at most `cap` bytes of free blocks
+// (GDENSIFY_CPU_POOL_MB, default 1024; 0 disables it); release_cache() empties it.
+class Pool {
+ public:
+  static Pool& get() {
+    static Pool* p = new Pool();  // never destroyed: tensors may outlive static destruction order
+    return *p;
+  }
+  void* acquire(size_t bytes) {
+    bytes = round(bytes);
+    if (bytes >= kMin && cap_ > 0) {
+      std::lock_guard<std::mutex> lock(mu_);
+      size_t best = free_.size();
+      for (size_t i = 0; i < free_.size(); ++i)
+        if (free_[i].first >= bytes && free_[i].first <= 2 * bytes + (size_t(1) << 20) &&
+            (best == free_.size() || free_[i].first < free_[best].first))
+          best = i;
+      if (best < free_.size()) {
+        void* p = free_[best].second;
+        cached_ -= free_[best].first;
+        sizes_[p] = free_[best].first;
+        free_.erase(free_.begin() + long(best));
+        return p;
+      }
+    }
+    void* p = std::aligned_alloc(64, bytes);
+    TORCH_CHECK(p != nullptr, "gdensify cpu rasterizer: out of memory allocating ", bytes, " bytes");
+    if (bytes >= kMin && cap_ > 0) {
+      std::lock_guard<std::mutex> lock(mu_);
+      sizes_[p] = bytes;
+    }
+    return p;
+  }
+  void release(void* p) {
+    if (p == nullptr) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = sizes_.find(p);
+    if (it == sizes_.end()) {
+      std::free(p);
+      return;
+    }
+    size_t bytes = it->second;
+    sizes_.erase(it);
+    if (cached_ + bytes > cap_) {
+      std::free(p);
+      return;
+    }
+    free_.emplace_back(bytes, p);
+    cached_ += bytes;
+  }
+  void clear() {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& f : free_) std::free(f.second);
+    free_.clear();
+    cached_ = 0;
+  }
+  size_t cached() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return cached_;
+  }
+
+ private:
+  Pool() {
+    const char* env = std::getenv("GDENSIFY_CPU_POOL_MB");
+    double mb = env ? std::atof(env) : 1024.0;
+    cap_ = mb > 0 ? size_t(mb * 1048576.0) : 0;
+  }
+  static size_t round(size_t b) { return ((b + 63) / 64) * 64 + 64; }
+  static constexpr size_t kMin = size_t(1) << 18;  // smaller blocks: plain malloc is fine
+  std::mutex mu_;
+  std::vector<std::pair<size_t, void*>> free_;
+  std::unordered_map<void*, size_t> sizes_;
+  size_t cached_ = 0, cap_ = 0;
+};
+
+// An uninitialised tensor whose memory comes from the pool.
+inline at::Tensor pooled_empty(at::IntArrayRef sizes, at::ScalarType dtype) {
+  int64_t numel = 1;
+  for (int64_t s : sizes) numel *= s;
+  const size_t bytes = size_t(std::max<int64_t>(numel, 1)) * at::elementSize(dtype);
+  void* p = Pool::get().acquire(bytes);
+  return at::from_blob(p, sizes, [](void* q) { Pool::get().release(q); }, at::TensorOptions().dtype(dtype));
+}
+
+// Scratch space from the pool, returned on scope exit.
+template <typename T>
+struct Scratch {
+  T* p = nullptr;
+  size_t n = 0;
+  explicit Scratch(size_t count) : p(static_cast<T*>(Pool::get().acquire(std::max<size_t>(count, 1) * sizeof(T)))),
+                                   n(count) {}
+  ~Scratch() { Pool::get().release(p); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  T& operator[](size_t i) { return p[i]; }
+  const T& operator[](size_t i) const { return p[i]; }
+  T* data() { return p; }
+};
+
+// The per-thread gradient buffers of the backward: one block that is all zeros whenever it is parked here (the
+// reduction zeroes what it read), so no call has to clear or fault in tens of MB.
+class ZeroBlock {
+ public:
+  static ZeroBlock& get() {
+    static ZeroBlock* z = new ZeroBlock();
+    return *z;
+  }
+  // returns a zeroed block of at least `bytes`
+  void* take(size_t bytes, size_t& got) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (p_ != nullptr && size_ >= bytes) {
+        void* p = p_;
+        got = size_;
+        p_ = nullptr;
+        size_ = 0;
+        return p;
+      }
+    }
+    got = ((bytes + 4095) / 4096) * 4096;
+    void* p = std::calloc(got, 1);
+    TORCH_CHECK(p != nullptr, "gdensify cpu rasterizer: out of memory allocating ", got, " bytes");
+    return p;
+  }
+  // hand back a block that is all zeros again (or free it)
+  void give(void* p, size_t bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (p_ == nullptr && bytes <= (size_t(1) << 31)) {
+      p_ = p;
+      size_ = bytes;
+    } else if (p_ != nullptr && bytes > size_) {
+      std::free(p_);
+      p_ = p;
+      size_ = bytes;
+    } else {
+      std::free(p);
+    }
+  }
+  void clear() {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::free(p_);
+    p_ = nullptr;
+    size_ = 0;
+  }
+
+ private:
+  std::mutex mu_;
+  void* p_ = nullptr;
+  size_t size_ = 0;
+};
 
 // ------------------------------------------------------------------------------------------------ vectors
 // Portable 8-lane vector (used for double, and for float when AVX2/FMA are not compiled in).
@@ -400,15 +558,17 @@ struct SortKey<double> {
 };
 
 // Stable LSD radix sort of ids by keys (8-bit digits; passes where all keys share the digit are skipped).
+// k2/i2 are scratch of the same length; the result ends in keys/ids.
 template <typename K>
-void radix_sort(std::vector<K>& keys, std::vector<int32_t>& ids) {
-  const size_t n = keys.size();
+void radix_sort(K* keys, int32_t* ids, K* k2, int32_t* i2, size_t n) {
   if (n < 2) return;
-  std::vector<K> k2(n);
-  std::vector<int32_t> i2(n);
+  K* ka = keys;
+  int32_t* ia = ids;
+  K* kb = k2;
+  int32_t* ib = i2;
   for (int shift = 0; shift < int(sizeof(K) * 8); shift += 8) {
     size_t count[256] = {0};
-    for (size_t i = 0; i < n; ++i) ++count[(keys[i] >> shift) & 0xFF];
+    for (size_t i = 0; i < n; ++i) ++count[(ka[i] >> shift) & 0xFF];
     bool trivial = false;
     for (int d = 0; d < 256; ++d)
       if (count[d] == n) trivial = true;
@@ -420,14 +580,14 @@ void radix_sort(std::vector<K>& keys, std::vector<int32_t>& ids) {
       run += count[d];
     }
     for (size_t i = 0; i < n; ++i) {
-      size_t d = (keys[i] >> shift) & 0xFF;
-      size_t j = pos[d]++;
-      k2[j] = keys[i];
-      i2[j] = ids[i];
+      const size_t j = pos[(ka[i] >> shift) & 0xFF]++;
+      kb[j] = ka[i];
+      ib[j] = ia[i];
     }
-    keys.swap(k2);
-    ids.swap(i2);
+    std::swap(ka, kb);
+    std::swap(ia, ib);
   }
+  if (ia != ids) std::memcpy(ids, ia, n * sizeof(int32_t));
 }
 
 // ------------------------------------------------------------------------------------------------ binning
@@ -441,28 +601,32 @@ Bins bin(int64_t C, int64_t N, const T* depths, const Rect* rects, int tiles_x, 
   using K = typename SortKey<T>::K;
   const int64_t ntiles = int64_t(tiles_x) * tiles_y;
   const int64_t nbins = C * ntiles;
-  // 1. per camera, the visible Gaussians sorted by (depth, index)
-  std::vector<std::vector<int32_t>> order(C);
-  auto sort_camera = [&](int64_t c) {
-    std::vector<K> keys;
-    std::vector<int32_t>& ids = order[c];
-    for (int64_t n = 0; n < N; ++n) {
-      const Rect& r = rects[c * N + n];
-      if (r.x1 > r.x0) {
-        keys.push_back(SortKey<T>::key(depths[c * N + n]));
-        ids.push_back(int32_t(n));
-      }
-    }
-    radix_sort(keys, ids);
-  };
+  // 1. per camera, the visible Gaussians sorted by (depth, index): order[c*N, c*N + nvis[c])
+  Scratch<int32_t> order(size_t(C * N)), ids2(size_t(C * N));
+  Scratch<K> keys(size_t(C * N)), keys2(size_t(C * N));
+  std::vector<int64_t> nvis(size_t(C), 0);
   at::parallel_for(0, C, 1, [&](int64_t b, int64_t e) {
-    for (int64_t c = b; c < e; ++c) sort_camera(c);
+    for (int64_t c = b; c < e; ++c) {
+      int32_t* ids = order.data() + c * N;
+      K* ks = keys.data() + c * N;
+      int64_t m = 0;
+      for (int64_t n = 0; n < N; ++n) {
+        const Rect& r = rects[c * N + n];
+        if (r.x1 > r.x0) {
+          ks[m] = SortKey<T>::key(depths[c * N + n]);
+          ids[m++] = int32_t(n);
+        }
+      }
+      nvis[size_t(c)] = m;
+      radix_sort(ks, ids, keys2.data() + c * N, ids2.data() + c * N, size_t(m));
+    }
   });
-  // 2. counting sort of (bin, Gaussian) pairs; each thread takes one contiguous depth range per camera.
+  // 2. counting sort of (bin, Gaussian) pairs; chunk t = one contiguous depth range per camera, so concatenating
+  //    the chunks' pairs in chunk order keeps every bin depth sorted.
   const int nt = num_threads();
   std::vector<int64_t> hist(size_t(nt) * nbins, 0);
   auto chunk = [&](int64_t c, int t, int64_t& b, int64_t& e) {
-    int64_t n = int64_t(order[c].size());
+    const int64_t n = nvis[size_t(c)];
     b = n * t / nt;
     e = n * (t + 1) / nt;
   };
@@ -470,17 +634,18 @@ Bins bin(int64_t C, int64_t N, const T* depths, const Rect* rects, int tiles_x, 
   {
     // chunk t is processed by thread t % team (the team may be smaller than asked)
     for (int t = thread_id(); t < nt; t += team_size()) {
-    int64_t* h = hist.data() + size_t(t) * nbins;
-    for (int64_t c = 0; c < C; ++c) {
-      int64_t b, e;
-      chunk(c, t, b, e);
-      int64_t* hc = h + c * ntiles;
-      for (int64_t i = b; i < e; ++i) {
-        const Rect& r = rects[c * N + order[c][i]];
-        for (int ty = r.y0; ty < r.y1; ++ty)
-          for (int tx = r.x0; tx < r.x1; ++tx) ++hc[int64_t(ty) * tiles_x + tx];
+      int64_t* h = hist.data() + size_t(t) * nbins;
+      for (int64_t c = 0; c < C; ++c) {
+        int64_t b, e;
+        chunk(c, t, b, e);
+        int64_t* hc = h + c * ntiles;
+        const int32_t* ord = order.data() + c * N;
+        for (int64_t i = b; i < e; ++i) {
+          const Rect& r = rects[c * N + ord[i]];
+          for (int ty = r.y0; ty < r.y1; ++ty)
+            for (int tx = r.x0; tx < r.x1; ++tx) ++hc[int64_t(ty) * tiles_x + tx];
+        }
       }
-    }
     }
   }
   Bins out;
@@ -490,30 +655,31 @@ Bins bin(int64_t C, int64_t N, const T* depths, const Rect* rects, int tiles_x, 
   for (int64_t bn = 0; bn < nbins; ++bn) {
     off[bn] = run;
     for (int t = 0; t < nt; ++t) {
-      int64_t cnt = hist[size_t(t) * nbins + bn];
-      hist[size_t(t) * nbins + bn] = run;  // becomes the thread's write position
+      const int64_t cnt = hist[size_t(t) * nbins + bn];
+      hist[size_t(t) * nbins + bn] = run;  // becomes the chunk's write position
       run += cnt;
     }
   }
   off[nbins] = run;
-  out.list = at::empty({run}, at::kInt);
+  out.list = pooled_empty({run}, at::kInt);
   int32_t* lst = out.list.data_ptr<int32_t>();
 #pragma omp parallel num_threads(nt)
   {
     for (int t = thread_id(); t < nt; t += team_size()) {
-    int64_t* h = hist.data() + size_t(t) * nbins;
-    for (int64_t c = 0; c < C; ++c) {
-      int64_t b, e;
-      chunk(c, t, b, e);
-      int64_t* hc = h + c * ntiles;
-      for (int64_t i = b; i < e; ++i) {
-        const int32_t n = order[c][i];
-        const Rect& r = rects[c * N + n];
-        const int32_t flat = int32_t(c * N + n);
-        for (int ty = r.y0; ty < r.y1; ++ty)
-          for (int tx = r.x0; tx < r.x1; ++tx) lst[hc[int64_t(ty) * tiles_x + tx]++] = flat;
+      int64_t* h = hist.data() + size_t(t) * nbins;
+      for (int64_t c = 0; c < C; ++c) {
+        int64_t b, e;
+        chunk(c, t, b, e);
+        int64_t* hc = h + c * ntiles;
+        const int32_t* ord = order.data() + c * N;
+        for (int64_t i = b; i < e; ++i) {
+          const int32_t n = ord[i];
+          const Rect& r = rects[c * N + n];
+          const int32_t flat = int32_t(c * N + n);
+          for (int ty = r.y0; ty < r.y1; ++ty)
+            for (int tx = r.x0; tx < r.x1; ++tx) lst[hc[int64_t(ty) * tiles_x + tx]++] = flat;
+        }
       }
-    }
     }
   }
   return out;
@@ -788,20 +954,20 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& means2d, const at::Tensor
   const int tiles_x = int((W + TS - 1) / TS), tiles_y = int((H + TS - 1) / TS);
   const int64_t ntiles = int64_t(tiles_x) * tiles_y;
   const double t0 = now();
-  auto fopt = means2d.options();
-  at::Tensor packed = at::empty({C * N, PK}, fopt);
-  std::vector<Rect> rects(size_t(C * N));
+  const at::ScalarType dt = means2d.scalar_type();
+  at::Tensor packed = pooled_empty({C * N, PK}, dt);
+  Scratch<Rect> rects(size_t(C * N));
   pack<S>(C, N, means2d.data_ptr<S>(), conics.data_ptr<S>(), colors.data_ptr<S>(), opac.data_ptr<S>(),
           depths.data_ptr<S>(), radii.data_ptr<int32_t>(), tiles_x, tiles_y, packed.data_ptr<S>(), rects.data());
   const double t1 = now();
   Bins bins = bin<S>(C, N, depths.data_ptr<S>(), rects.data(), tiles_x, tiles_y);
   const double t2 = now();
 
-  at::Tensor image = at::empty({C, H, W, 3}, fopt);
-  at::Tensor alpha = at::empty({C, H, W, 1}, fopt);
-  at::Tensor depth = at::empty({C, H, W, 1}, fopt);
-  at::Tensor tfin = at::empty({C, H, W}, fopt);
-  at::Tensor ncon = at::empty({C, H, W}, fopt.dtype(at::kInt));
+  at::Tensor image = pooled_empty({C, H, W, 3}, dt);
+  at::Tensor alpha = pooled_empty({C, H, W, 1}, dt);
+  at::Tensor depth = pooled_empty({C, H, W, 1}, dt);
+  at::Tensor tfin = pooled_empty({C, H, W}, dt);
+  at::Tensor ncon = pooled_empty({C, H, W}, at::kInt);
   const int64_t* off = bins.offsets.data_ptr<int64_t>();
   const int32_t* lst = bins.list.data_ptr<int32_t>();
   const S* pk = packed.data_ptr<S>();
@@ -840,9 +1006,22 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g_img, const at::Tensor&
   const int64_t nbins = C * ntiles;
   const double t0 = now();
   const int nt = num_threads();
-  auto fopt = packed.options();
-  at::Tensor gbuf = at::zeros({nt, C * N, NG}, fopt);
-  at::Tensor gbgbuf = at::zeros({nt, C, 3}, fopt);
+  const at::ScalarType dt = packed.scalar_type();
+  const size_t gbytes = size_t(nt) * size_t(C * N) * NG * sizeof(S);
+  size_t gbytes_got = 0;
+  S* gb = static_cast<S*>(ZeroBlock::get().take(gbytes, gbytes_got));
+  struct Guard {  // parks the block again once it is zero, frees it if anything throws before
+    void* p;
+    size_t n;
+    bool clean = false;
+    ~Guard() {
+      if (clean)
+        ZeroBlock::get().give(p, n);
+      else
+        std::free(p);
+    }
+  } guard{gb, gbytes_got};
+  std::vector<S> gbgbuf(size_t(nt * C * 3), S(0));
   const int64_t* off = offsets.data_ptr<int64_t>();
   const int32_t* lst = list.data_ptr<int32_t>();
   const S* pk = packed.data_ptr<S>();
@@ -850,8 +1029,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g_img, const at::Tensor&
   const S *gip = g_img.data_ptr<S>(), *gap = g_alpha.data_ptr<S>(), *gdp = g_depth.data_ptr<S>();
   const S* tfp = tfin.data_ptr<S>();
   const int32_t* ncp = ncon.data_ptr<int32_t>();
-  S* gb = gbuf.data_ptr<S>();
-  S* gbg = gbgbuf.data_ptr<S>();
+  S* gbg = gbgbuf.data();
   std::vector<int64_t> items = work_order(off, nbins);
   const int64_t HW = H * W;
   const double t1 = now();
@@ -870,18 +1048,27 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g_img, const at::Tensor&
     }
   }
   const double t2 = now();
-  auto opt = packed.options();
-  at::Tensor g_means = at::empty({C, N, 2}, opt), g_conics = at::empty({C, N, 3}, opt);
-  at::Tensor g_colors = at::empty({C, N, 3}, opt), g_opac = at::empty({C, N}, opt);
-  at::Tensor g_depths = at::empty({C, N}, opt), absgrad = at::empty({C, N, 2}, opt);
+  at::Tensor g_means = pooled_empty({C, N, 2}, dt), g_conics = pooled_empty({C, N, 3}, dt);
+  at::Tensor g_colors = pooled_empty({C, N, 3}, dt), g_opac = pooled_empty({C, N}, dt);
+  at::Tensor g_depths = pooled_empty({C, N}, dt), absgrad = pooled_empty({C, N, 2}, dt);
   S *gm = g_means.data_ptr<S>(), *gc = g_conics.data_ptr<S>(), *gcol = g_colors.data_ptr<S>();
   S *go = g_opac.data_ptr<S>(), *gz = g_depths.data_ptr<S>(), *ga = absgrad.data_ptr<S>();
   at::parallel_for(0, C * N, 2048, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
+      // sum the threads' records and zero them again (the block goes back to ZeroBlock all zeros)
       S acc[NG];
-      for (int q = 0; q < NG; ++q) acc[q] = gb[i * NG + q];
-      for (int t = 1; t < nt; ++t)
-        for (int q = 0; q < NG; ++q) acc[q] += gb[(int64_t(t) * C * N + i) * NG + q];
+      S* r0 = gb + i * NG;
+      for (int q = 0; q < NG; ++q) {
+        acc[q] = r0[q];
+        r0[q] = S(0);
+      }
+      for (int t = 1; t < nt; ++t) {
+        S* rt = gb + (int64_t(t) * C * N + i) * NG;
+        for (int q = 0; q < NG; ++q) {
+          acc[q] += rt[q];
+          rt[q] = S(0);
+        }
+      }
       gm[2 * i] = acc[GU];
       gm[2 * i + 1] = acc[GV];
       gc[3 * i] = acc[GA];
@@ -896,7 +1083,8 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g_img, const at::Tensor&
       ga[2 * i + 1] = acc[GAV];
     }
   });
-  at::Tensor g_bg = at::empty({C, 3}, opt);
+  guard.clean = true;
+  at::Tensor g_bg = at::empty({C, 3}, at::TensorOptions().dtype(dt));
   for (int64_t q = 0; q < C * 3; ++q) {
     S acc = 0;
     for (int t = 0; t < nt; ++t) acc += gbg[int64_t(t) * C * 3 + q];
@@ -938,6 +1126,14 @@ std::vector<at::Tensor> backward(const at::Tensor& g_img, const at::Tensor& g_al
 
 bool has_avx2() { return GDS_HAVE_AVX2; }
 
+// Frees the cached blocks; returns the bytes that were cached.
+int64_t release_cache() {
+  const int64_t bytes = int64_t(Pool::get().cached());
+  Pool::get().clear();
+  ZeroBlock::get().clear();
+  return bytes;
+}
+
 }  // namespace gds
 
 // Registered as torch.ops.<extension name>.{forward, backward, has_avx2}; the namespace is the build's name, so
@@ -946,4 +1142,5 @@ TORCH_LIBRARY(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &gds::forward);
   m.def("backward", &gds::backward);
   m.def("has_avx2", &gds::has_avx2);
+  m.def("release_cache", &gds::release_cache);
 }

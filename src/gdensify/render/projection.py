@@ -31,6 +31,7 @@ from ..sh import eval_sh
 TILE_SIZE = 16
 EPS_2D = 0.3  # pixels², added to the diagonal of Σ₂D
 FOV_CLAMP = 1.3  # the J clamp: 1.3 × the half field of view
+MAX_RADIUS = 2**30  # pixels; far beyond any image, keeps radii representable in int32
 
 
 @dataclass
@@ -108,7 +109,7 @@ def project(gaussians: Gaussians, cameras: Cameras, sh_degree: int | None = None
     b = cov2d[..., 0, 1]
     c = cov2d[..., 1, 1] + EPS_2D
     det = a * c - b * b
-    ok = in_depth & (det > 0)
+    ok = in_depth & (det > 0) & torch.isfinite(det)  # non-finite (overflowing) footprints are culled too
     det_safe = torch.where(ok, det, torch.ones_like(det))
     conics = torch.stack([c / det_safe, -b / det_safe, a / det_safe], dim=-1)
 
@@ -119,7 +120,7 @@ def project(gaussians: Gaussians, cameras: Cameras, sh_degree: int | None = None
     with torch.no_grad():
         mid = 0.5 * (a + c)
         lam_max = mid + torch.sqrt((mid * mid - det).clamp_min(0.0))
-        radii = torch.ceil(3.0 * torch.sqrt(lam_max.clamp_min(0.0)))
+        radii = torch.ceil(3.0 * torch.sqrt(lam_max.clamp_min(0.0))).clamp(max=MAX_RADIUS)  # no int32 overflow
         radii = torch.where(ok, radii, torch.zeros_like(radii)).to(torch.int32)
         x0, x1, y0, y1 = tile_rect(means2d, radii, width, height)
         radii = torch.where((x1 > x0) & (y1 > y0), radii, torch.zeros_like(radii))
