@@ -1,5 +1,5 @@
-"""Reconstruction models: image encoder (`vit`), object backbone (`lara`); the scene backbone and the composed
-GD models live beside them (`mvsplat`, `object_gd`, `scene_gd`)."""
+"""Reconstruction models: image encoder (`vit`), object backbone (`lara`), scene backbone (`mvsplat`), and the
+object-level GD model (`object_gd`: backbone + selection + densifier)."""
 
 from .lara import (
     LaRaBackbone,
@@ -11,10 +11,13 @@ from .lara import (
     parameter_counts,
     visible_masks,
 )
+from .mvsplat import MVSplatBackbone, MVSplatConfig, MVSplatOutput
+from .object_gd import ObjectGD, ObjectGDConfig
+from .output import Reconstruction
 from .vit import ViTConfig, VisionTransformer, WeightLoadingError, load_vit_weights
 
 __all__ = [
-    "LaRaBackbone", "LaRaCoarse", "LaRaConfig", "LaRaRefined", "ViTConfig", "VisionTransformer",
-    "WeightLoadingError", "format_parameter_counts", "load_official_state_dict", "load_vit_weights",
-    "parameter_counts", "visible_masks",
+    "LaRaBackbone", "LaRaCoarse", "LaRaConfig", "LaRaRefined", "MVSplatBackbone", "MVSplatConfig", "MVSplatOutput",
+    "ObjectGD", "ObjectGDConfig", "Reconstruction", "ViTConfig", "VisionTransformer", "WeightLoadingError",
+    "format_parameter_counts", "load_official_state_dict", "load_vit_weights", "parameter_counts", "visible_masks",
 ]
