@@ -63,6 +63,25 @@ constexpr int VPR = TS / LANES;     // vectors per tile row
 constexpr int PK = 16;              // packed record stride (scalars)
 enum { PU = 0, PV, PA, PB, PC, PO, PR, PG, PBL, PZ, PCUT, PEX, PEY };
 constexpr int NG = 12;              // gradient record: u v a b c o r g b z |u| |v|
+constexpr int NGS = 16;             // its stride (one 64-byte line in float)
+constexpr int PREFETCH = 8;         // list entries ahead whose records are prefetched
+// Parallel grain sizes: each chunk should be worth a thread team's synchronisation (tens of microseconds when
+// idle, up to a scheduler time slice when the machine is oversubscribed).
+constexpr int64_t kGrainPack = 32768;       // Gaussians (~30 ns each)
+constexpr int64_t kGrainGather = 65536;     // rectangles
+constexpr int64_t kGrainReduce = 32768;     // gradient records
+constexpr int64_t kMinParallelBin = 65536;  // visible Gaussians before the tile counting sort uses threads
+
+template <typename S>
+inline void prefetch_record(const S* p, int rw) {
+  if (rw) {
+    __builtin_prefetch(p, 1, 3);
+    if (sizeof(S) * PK > 64) __builtin_prefetch(reinterpret_cast<const char*>(p) + 64, 1, 3);
+  } else {
+    __builtin_prefetch(p, 0, 3);
+    if (sizeof(S) * PK > 64) __builtin_prefetch(reinterpret_cast<const char*>(p) + 64, 0, 3);
+  }
+}
 enum { GU = 0, GV, GA, GB_, GC, GO, GR, GG, GBL, GZ, GAU, GAV };
 
 inline int num_threads() { return std::max(1, at::get_num_threads()); }
@@ -94,7 +113,7 @@ inline int team_size() {
 // freed blocks to the OS, so every call would fault its buffers in again. Large buffers therefore come from a
 // small cache of blocks that stay mapped: scratch space directly, and tensors (saved for backward, returned) via
 // from_blob with a deleter that hands the block back. The cache holds at most `cap` bytes of free blocks
-// (GDENSIFY_CPU_POOL_MB, default 1024; 0 disables it); release_cache() empties it.
+// (GDENSIFY_CPU_POOL_MB, default 512; oldest evicted first; 0 disables it); release_cache() empties it.
 class Pool {
  public:
   static Pool& get() {
@@ -136,9 +155,14 @@ class Pool {
     }
     size_t bytes = it->second;
     sizes_.erase(it);
-    if (cached_ + bytes > cap_) {
+    if (bytes > cap_) {
       std::free(p);
       return;
+    }
+    while (cached_ + bytes > cap_ && !free_.empty()) {  // evict the oldest blocks first
+      std::free(free_.front().second);
+      cached_ -= free_.front().first;
+      free_.erase(free_.begin());
     }
     free_.emplace_back(bytes, p);
     cached_ += bytes;
@@ -157,7 +181,7 @@ class Pool {
  private:
   Pool() {
     const char* env = std::getenv("GDENSIFY_CPU_POOL_MB");
-    double mb = env ? std::atof(env) : 1024.0;
+    double mb = env ? std::atof(env) : 512.0;
     cap_ = mb > 0 ? size_t(mb * 1048576.0) : 0;
   }
   static size_t round(size_t b) { return ((b + 63) / 64) * 64 + 64; }
@@ -213,8 +237,9 @@ class ZeroBlock {
       }
     }
     got = ((bytes + 4095) / 4096) * 4096;
-    void* p = std::calloc(got, 1);
+    void* p = std::aligned_alloc(4096, got);
     TORCH_CHECK(p != nullptr, "gdensify cpu rasterizer: out of memory allocating ", got, " bytes");
+    std::memset(p, 0, got);
     return p;
   }
   // hand back a block that is all zeros again (or free it)
@@ -352,6 +377,10 @@ struct VecG {
     for (int i = 0; i < LANES; ++i) r += a.x[i];
     return r;
   }
+  // rec[q] += sum of the lanes of v[q], q < 12
+  static void add_hsums12(const VecG* v, T* rec) {
+    for (int q = 0; q < 12; ++q) rec[q] += hsum(v[q]);
+  }
   static VecG ramp() {  // 0, 1, ..., 7
     VecG r;
     for (int i = 0; i < LANES; ++i) r.x[i] = T(i);
@@ -436,6 +465,19 @@ struct VecF8 {
     s = _mm_add_ss(s, sh);
     return _mm_cvtss_f32(s);
   }
+  // rec[q] += sum of the lanes of v[q], q < 12 (transposing reduction)
+  static void add_hsums12(const VecF8* v, float* rec) {
+    const __m256 s01 = _mm256_hadd_ps(v[0].x, v[1].x), s23 = _mm256_hadd_ps(v[2].x, v[3].x);
+    const __m256 s45 = _mm256_hadd_ps(v[4].x, v[5].x), s67 = _mm256_hadd_ps(v[6].x, v[7].x);
+    const __m256 s0123 = _mm256_hadd_ps(s01, s23), s4567 = _mm256_hadd_ps(s45, s67);
+    const __m256 lo = _mm256_permute2f128_ps(s0123, s4567, 0x20);
+    const __m256 hi = _mm256_permute2f128_ps(s0123, s4567, 0x31);
+    _mm256_storeu_ps(rec, _mm256_add_ps(_mm256_loadu_ps(rec), _mm256_add_ps(lo, hi)));
+    const __m256 s89 = _mm256_hadd_ps(v[8].x, v[9].x), s1011 = _mm256_hadd_ps(v[10].x, v[11].x);
+    const __m256 s811 = _mm256_hadd_ps(s89, s1011);
+    const __m128 t = _mm_add_ps(_mm256_castps256_ps128(s811), _mm256_extractf128_ps(s811, 1));
+    _mm_storeu_ps(rec + 8, _mm_add_ps(_mm_loadu_ps(rec + 8), t));
+  }
   static VecF8 ramp() { return _mm256_setr_ps(0.f, 1.f, 2.f, 3.f, 4.f, 5.f, 6.f, 7.f); }
 };
 #endif
@@ -490,7 +532,7 @@ template <typename T>
 void pack(int64_t C, int64_t N, const T* means2d, const T* conics, const T* colors, const T* opac,
           const T* depths, const int32_t* radii, int tiles_x, int tiles_y, T* packed, Rect* rects) {
   const T amin_keep = Consts<T>::alpha_min() * T(0.999);
-  at::parallel_for(0, C * N, 4096, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, C * N, kGrainPack, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       Rect& r = rects[i];
       r = {0, 0, 0, 0};
@@ -621,9 +663,25 @@ Bins bin(int64_t C, int64_t N, const T* depths, const Rect* rects, int tiles_x, 
       radix_sort(ks, ids, keys2.data() + c * N, ids2.data() + c * N, size_t(m));
     }
   });
+  // the rectangles in depth order (one prefetched random gather; the two passes below then read sequentially)
+  Scratch<Rect> srect(size_t(C * N));
+  for (int64_t c = 0; c < C; ++c) {
+    const int32_t* ord = order.data() + c * N;
+    const Rect* rc = rects + c * N;
+    Rect* dst = srect.data() + c * N;
+    at::parallel_for(0, nvis[size_t(c)], kGrainGather, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        if (i + 16 < e) __builtin_prefetch(rc + ord[i + 16]);
+        dst[i] = rc[ord[i]];
+      }
+    });
+  }
   // 2. counting sort of (bin, Gaussian) pairs; chunk t = one contiguous depth range per camera, so concatenating
   //    the chunks' pairs in chunk order keeps every bin depth sorted.
-  const int nt = num_threads();
+  // Few pairs: one chunk (a thread team's start/barrier costs more than the work, above all on a busy machine).
+  int64_t total_vis = 0;
+  for (int64_t v : nvis) total_vis += v;
+  const int nt = total_vis >= kMinParallelBin ? num_threads() : 1;
   std::vector<int64_t> hist(size_t(nt) * nbins, 0);
   auto chunk = [&](int64_t c, int t, int64_t& b, int64_t& e) {
     const int64_t n = nvis[size_t(c)];
@@ -639,9 +697,9 @@ Bins bin(int64_t C, int64_t N, const T* depths, const Rect* rects, int tiles_x, 
         int64_t b, e;
         chunk(c, t, b, e);
         int64_t* hc = h + c * ntiles;
-        const int32_t* ord = order.data() + c * N;
+        const Rect* sr = srect.data() + c * N;
         for (int64_t i = b; i < e; ++i) {
-          const Rect& r = rects[c * N + ord[i]];
+          const Rect& r = sr[i];
           for (int ty = r.y0; ty < r.y1; ++ty)
             for (int tx = r.x0; tx < r.x1; ++tx) ++hc[int64_t(ty) * tiles_x + tx];
         }
@@ -672,9 +730,10 @@ Bins bin(int64_t C, int64_t N, const T* depths, const Rect* rects, int tiles_x, 
         chunk(c, t, b, e);
         int64_t* hc = h + c * ntiles;
         const int32_t* ord = order.data() + c * N;
+        const Rect* sr = srect.data() + c * N;
         for (int64_t i = b; i < e; ++i) {
           const int32_t n = ord[i];
-          const Rect& r = rects[c * N + n];
+          const Rect& r = sr[i];
           const int32_t flat = int32_t(c * N + n);
           for (int ty = r.y0; ty < r.y1; ++ty)
             for (int tx = r.x0; tx < r.x1; ++tx) lst[hc[int64_t(ty) * tiles_x + tx]++] = flat;
@@ -745,6 +804,7 @@ void forward_tile(const typename V::S* packed, const int32_t* list, int64_t star
   for (int k = 0; k < VPR; ++k) pxv[k] = V::ramp() + V::set1(S(tx0 + k * LANES) + S(0.5));
 
   for (int64_t j = start; j < end && n_done < TP; ++j) {
+    if (j + PREFETCH < end) prefetch_record(packed + int64_t(list[j + PREFETCH]) * PK, 0);
     const S* g = packed + int64_t(list[j]) * PK;
     int r0, r1, k0, k1;
     if (!support_range<S>(g, tx0, ty0, r0, r1, k0, k1)) continue;
@@ -846,6 +906,11 @@ void backward_tile(const typename V::S* packed, const int32_t* list, int64_t sta
   for (int k = 0; k < VPR; ++k) pxv[k] = V::ramp() + V::set1(S(tx0 + k * LANES) + S(0.5));
 
   for (int32_t jr = max_nc - 1; jr >= 0; --jr) {
+    if (jr >= PREFETCH) {
+      const int64_t ahead = list[start + jr - PREFETCH];
+      prefetch_record(packed + ahead * PK, 0);
+      prefetch_record(gbuf + ahead * NGS, 1);
+    }
     const int32_t id = list[start + jr];
     const S* g = packed + int64_t(id) * PK;
     int r0, r1, k0, k1;
@@ -859,7 +924,7 @@ void backward_tile(const typename V::S* packed, const int32_t* list, int64_t sta
     bool touched = false;
     for (int r = r0; r <= r1; ++r) {
       const S dy = v - (S(ty0 + r) + S(0.5));
-      const V vcdy2 = V::set1(c * dy * dy), vdy = V::set1(dy), vdy2 = V::set1(dy * dy);
+      const V vcdy2 = V::set1(c * dy * dy), vdy = V::set1(dy);
       for (int k = k0; k <= k1; ++k) {
         const int idx = r * TS + k * LANES;
         M m = V::int_gt(NC + idx, jr);
@@ -892,33 +957,23 @@ void backward_tile(const typename V::S* packed, const int32_t* list, int64_t sta
         const V gx = V::select(m & cmp_le(x, amax), dal, zero);  // zero where the 0.99 clamp is active
         aO = fmadd(gx, e, aO);
         const V gp = gx * x;  // dL/dpower
-        const V gpdx = gp * dx;
-        aA = fmadd(gpdx, dx, aA);
-        aB = fmadd(gpdx, vdy, aB);
-        aC = fmadd(gp, vdy2, aC);
-        // dpower/du = -(a dx + b dy), dpower/dv = -(b dx + c dy)
-        const V gu = zero - fmadd(va, gpdx, vb * gp * vdy);
-        const V gv = zero - fmadd(vb, gpdx, vc * gp * vdy);
-        aU = aU + gu;
-        aV = aV + gv;
-        aAU = aAU + vabs(gu);
-        aAV = aAV + vabs(gv);
+        const V gpdx = gp * dx, gpdy = gp * vdy;
+        aA = fmadd(gpdx, dx, aA);  // scaled by -1/2 at the end
+        aB = fmadd(gpdx, vdy, aB);  // by -1
+        aC = fmadd(gpdy, vdy, aC);  // by -1/2
+        // dpower/du = -(a dx + b dy), dpower/dv = -(b dx + c dy): accumulate the negated per-pixel terms
+        const V ngu = fmadd(va, gpdx, vb * gpdy);
+        const V ngv = fmadd(vb, gpdx, vc * gpdy);
+        aU = aU + ngu;
+        aV = aV + ngv;
+        aAU = aAU + vabs(ngu);
+        aAV = aAV + vabs(ngv);
       }
     }
     if (!touched) continue;
-    S* gr = gbuf + int64_t(id) * NG;
-    gr[GU] += V::hsum(aU);
-    gr[GV] += V::hsum(aV);
-    gr[GA] += S(-0.5) * V::hsum(aA);
-    gr[GB_] += -V::hsum(aB);
-    gr[GC] += S(-0.5) * V::hsum(aC);
-    gr[GO] += V::hsum(aO);
-    gr[GR] += V::hsum(aR);
-    gr[GG] += V::hsum(aG);
-    gr[GBL] += V::hsum(aBl);
-    gr[GZ] += V::hsum(aZ);
-    gr[GAU] += V::hsum(aAU);
-    gr[GAV] += V::hsum(aAV);
+    const V acc[NG] = {zero - aU, zero - aV, V::set1(S(-0.5)) * aA, zero - aB, V::set1(S(-0.5)) * aC,
+                       aO, aR, aG, aBl, aZ, aAU, aAV};
+    V::add_hsums12(acc, gbuf + int64_t(id) * NGS);
   }
 }
 
@@ -1007,7 +1062,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g_img, const at::Tensor&
   const double t0 = now();
   const int nt = num_threads();
   const at::ScalarType dt = packed.scalar_type();
-  const size_t gbytes = size_t(nt) * size_t(C * N) * NG * sizeof(S);
+  const size_t gbytes = size_t(nt) * size_t(C * N) * NGS * sizeof(S);
   size_t gbytes_got = 0;
   S* gb = static_cast<S*>(ZeroBlock::get().take(gbytes, gbytes_got));
   struct Guard {  // parks the block again once it is zero, frees it if anything throws before
@@ -1036,7 +1091,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g_img, const at::Tensor&
 #pragma omp parallel num_threads(nt)
   {
     const int tid = thread_id();
-    S* mybuf = gb + int64_t(tid) * C * N * NG;
+    S* mybuf = gb + int64_t(tid) * C * N * NGS;
     S* mybg = gbg + int64_t(tid) * C * 3;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t it = 0; it < nbins; ++it) {
@@ -1053,17 +1108,17 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g_img, const at::Tensor&
   at::Tensor g_depths = pooled_empty({C, N}, dt), absgrad = pooled_empty({C, N, 2}, dt);
   S *gm = g_means.data_ptr<S>(), *gc = g_conics.data_ptr<S>(), *gcol = g_colors.data_ptr<S>();
   S *go = g_opac.data_ptr<S>(), *gz = g_depths.data_ptr<S>(), *ga = absgrad.data_ptr<S>();
-  at::parallel_for(0, C * N, 2048, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, C * N, kGrainReduce, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       // sum the threads' records and zero them again (the block goes back to ZeroBlock all zeros)
       S acc[NG];
-      S* r0 = gb + i * NG;
+      S* r0 = gb + i * NGS;
       for (int q = 0; q < NG; ++q) {
         acc[q] = r0[q];
         r0[q] = S(0);
       }
       for (int t = 1; t < nt; ++t) {
-        S* rt = gb + (int64_t(t) * C * N + i) * NG;
+        S* rt = gb + (int64_t(t) * C * N + i) * NGS;
         for (int q = 0; q < NG; ++q) {
           acc[q] += rt[q];
           rt[q] = S(0);

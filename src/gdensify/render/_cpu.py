@@ -16,6 +16,11 @@ flags change, so a native build made on one CPU could crash with an illegal inst
 the flags, and so in the module name, each CPU family gets its own build. The kernel's hand-written SIMD path only
 needs AVX2+FMA, so -march=native would gain little. `-ffp-contract=off` keeps the forward and backward
 recomputation of alpha bit-identical. Set `GDENSIFY_CPU_SIMD=0` to force the portable build.
+
+Memory: first-touch page faults are expensive on small VMs, so the kernel keeps its large blocks (tile lists,
+packed Gaussians, per-thread gradient buffers, outputs) in a small cache instead of returning them to the OS after
+every call: at most `GDENSIFY_CPU_POOL_MB` MB of idle blocks (default 512, oldest evicted first; 0 disables it).
+`release_cpu_cache()` empties it.
 """
 
 from __future__ import annotations
@@ -120,6 +125,13 @@ def cpu_backend_available() -> bool:
 def cpu_backend_error() -> str | None:
     """Why `cpu_backend_available()` returned False (None when it did not)."""
     return _error
+
+
+def release_cpu_cache() -> int:
+    """Free the kernel's cached idle memory blocks now; returns the number of bytes that were cached."""
+    if _module is None:
+        return 0
+    return int(_module.release_cache())
 
 
 # Names the backend selector in rasterize.py looks for.
