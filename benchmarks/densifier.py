@@ -8,12 +8,18 @@ Inputs: one object; the N selected coarse Gaussians sit one per voxel of the 64�
 inside their cell, on a sphere shell two voxels thick whose radius grows with √N (so the point density, hence the
 sparse-convolution neighbourhood, is the same for every N; 24k points give a radius of ≈ 0.48). 160-dim random
 features. Forward: `eval()` under `torch.no_grad()`; forward+backward: `train()` (drop-path, curve shuffle) and
-the backward of a scalar of all outputs. Wall time and process CPU time (all threads) are both reported. Every
-(device, N, mode) runs in its own subprocess, so the CPU peak
-memory is the growth of the process's peak RSS over its baseline after model construction (weights, inputs and
-interpreter excluded); on CUDA it is `max_memory_allocated` over the same baseline. Time is the median over the
-repeats after one warm-up at the smallest size in the same process. Cost must grow about linearly: the table
-prints t(2N)/t(N), which should be ≤ 2.3.
+the backward of a scalar of all outputs.
+
+Every (device, mode, N) runs in its own subprocess: one warm-up run at 1,000 points, then the timed runs (median
+of `--repeats`, 3 by default; wall time and process CPU time of all threads). Peak memory is the growth of the
+process's peak RSS during the timed runs over its value after the warm-up (weights, inputs and the interpreter
+excluded); on CUDA, `max_memory_allocated` over the allocated memory after the warm-up. A float32 matmul probe
+(GFLOP/s, the smaller of one before and one after the timed runs) shows how much of the machine the worker got.
+
+By default the workers run with glibc told to keep freed memory (``--allocator retain``): with the stock settings
+every large tensor is returned to the OS and re-faulted on the next run, which on a small VM costs seconds of
+system time per run and grows faster than N. ``--allocator default`` measures the stock behaviour.
+Cost must grow about linearly: the table prints t(2N)/t(N), which should be ≤ 2.3.
 """
 
 from __future__ import annotations
@@ -54,6 +60,24 @@ def _peak_bytes(device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
+def matmul_gflops(device) -> float:
+    """A 4096×1024×1024 float32 product, best of 5: how much of the machine this process gets right now."""
+    import torch
+
+    a = torch.randn(4096, 1024, device=device)
+    w = torch.randn(1024, 1024, device=device)
+    best = float("inf")
+    for _ in range(5):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        a @ w
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * 4096 * 1024 * 1024 / best / 1e9
+
+
 def worker(device_name: str, n: int, mode: str, repeats: int, warmup: int) -> dict:
     import torch
 
@@ -89,6 +113,7 @@ def worker(device_name: str, n: int, mode: str, repeats: int, warmup: int) -> di
         wx, wf = make_points(warmup, seed=1)
         run(wx.to(device), wf.to(device), torch.zeros(warmup, dtype=torch.long, device=device))
         sync()
+    gflops_before = matmul_gflops(device)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -104,9 +129,11 @@ def worker(device_name: str, n: int, mode: str, repeats: int, warmup: int) -> di
         times.append(time.perf_counter() - t0)
         cpu_times.append(time.process_time() - c0)
     peak = _peak_bytes(device) - base
-    return {"device": device_name, "n": n, "mode": mode, "times": times, "median_s": statistics.median(times),
-            "cpu_times": cpu_times, "median_cpu_s": statistics.median(cpu_times), "peak_mib": peak / 2**20,
-            "fine": fine, "threads": torch.get_num_threads()}
+    gflops = min(gflops_before, matmul_gflops(device))
+    return {"gflops": gflops, "device": device_name, "n": n, "mode": mode, "times": times,
+            "median_s": statistics.median(times), "cpu_times": cpu_times,
+            "median_cpu_s": statistics.median(cpu_times), "peak_mib": peak / 2**20, "fine": fine,
+            "threads": torch.get_num_threads()}
 
 
 def main() -> None:
@@ -116,6 +143,9 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["forward", "forward+backward"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1000, help="points of the warm-up run (0: none)")
+    parser.add_argument("--allocator", choices=["retain", "default"], default="retain",
+                        help="retain: glibc keeps freed memory (GLIBC_TUNABLES mmap_max=0, no trimming), so repeated "
+                             "runs do not re-fault GBs of pages; default: glibc as configured")
     parser.add_argument("--json", default=None, help="also write the raw results to this file")
     parser.add_argument("--worker", nargs=3, metavar=("DEVICE", "N", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -130,7 +160,8 @@ def main() -> None:
     devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"# paper_object densifier benchmark — torch {torch.__version__}, {platform.processor() or 'cpu'}, "
-          f"{os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}, load average {load:.1f}")
+          f"{os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}, load average {load:.1f}, "
+          f"allocator {args.allocator}, {args.repeats} runs per point")
     if "cuda" in devices:
         print(f"# CUDA device: {torch.cuda.get_device_name(0)}")
     results = []
@@ -139,20 +170,24 @@ def main() -> None:
             for n in args.sizes:
                 cmd = [sys.executable, __file__, "--worker", device, str(n), mode, "--repeats", str(args.repeats),
                        "--warmup", str(args.warmup)]
-                out = subprocess.run(cmd, capture_output=True, text=True)
+                env = dict(os.environ)
+                if args.allocator == "retain":
+                    env["GLIBC_TUNABLES"] = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
+                out = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 if out.returncode != 0:
                     print(f"# {device} {mode} N={n} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
                     continue
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 results.append(r)
                 print(f"#   {device:4s} {mode:16s} N={n:6d}: {r['median_s']:.3f} s "
-                      f"(runs {', '.join(f'{t:.2f}' for t in r['times'])}), peak {r['peak_mib']:.0f} MiB",
+                      f"(runs {', '.join(f'{t:.2f}' for t in r['times'])}), peak {r['peak_mib']:.0f} MiB, "
+                      f"matmul {r['gflops']:.0f} GFLOP/s",
                       flush=True)
 
     print()
     print("| device | mode | N selected | fine Gaussians | median wall time (s) | × per doubling | "
-          "median process CPU time (s) | × per doubling | peak memory (MiB) |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+          "median process CPU time (s) | × per doubling | peak memory (MiB) | matmul GFLOP/s at the time |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     worst = 0.0
     for device in devices:
         for mode in args.modes:
@@ -166,12 +201,13 @@ def main() -> None:
                     ratio = f"{q:.2f}"
                     cpu_ratio = f"{r['median_cpu_s'] / prev['median_cpu_s']:.2f}"
                 print(f"| {device} | {mode} | {r['n']:,} | {r['fine']:,} | {r['median_s']:.3f} | {ratio} | "
-                      f"{r['median_cpu_s']:.2f} | {cpu_ratio} | {r['peak_mib']:.0f} |")
+                      f"{r['median_cpu_s']:.2f} | {cpu_ratio} | {r['peak_mib']:.0f} | {r['gflops']:.0f} |")
                 prev = r
     if worst:
         verdict = "OK" if worst <= 2.3 else "ABOVE the 2.3 limit"
-        print(f"\nlargest wall-time growth per doubling of N: {worst:.2f}× ({verdict}); wall time on a shared "
-              "machine is only meaningful at a load average below the core count")
+        print(f"\nlargest wall-time growth per doubling of N: {worst:.2f}× ({verdict}). On a shared machine a "
+              "time is only meaningful if the matmul probe (the smaller of a probe before and after the runs) "
+              "stayed at the same level for every row.")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=1)

@@ -14,6 +14,10 @@ extension build/load and the scene construction). Timings are never asserted; th
     python benchmarks/rasterizer.py --quick            # small grid, seconds (CI smoke)
     python benchmarks/rasterizer.py --reference-limit 50000x256   # skip slow reference cells, marked "skipped"
     python benchmarks/rasterizer.py --profile          # also the cpu backend's stage breakdown
+    python benchmarks/rasterizer.py --omp-passive      # OMP_WAIT_POLICY=PASSIVE in the cells (busy machines)
+
+The header line records the OpenMP wait policy and the load average: on a machine shared with other work, the
+default (spinning) policy can make every PyTorch/OpenMP parallel region wait a scheduler time slice.
 """
 
 from __future__ import annotations
@@ -116,7 +120,9 @@ def worker(backend: str, n: int, res: int, runs: int, threads: int, profile: boo
         if profile and backend == "cpu":
             stages.append(_profile_once(leaves, cameras, weights, gaussians_cls))
     result = {"backend": backend, "n": n, "res": res, "cold_s": cold, "fwd_s": statistics.median(fwd),
-              "fb_s": statistics.median(fb), "peak_mb": _hwm_mb() - base, "runs": runs, "threads": threads}
+              "fb_s": statistics.median(fb), "fwd_min_s": min(fwd), "fb_min_s": min(fb),
+              "peak_mb": _hwm_mb() - base, "runs": runs, "threads": threads,
+              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default")}
     if backend == "cpu":
         from gdensify.render import _cpu
 
@@ -160,6 +166,8 @@ def _run_cell(backend, n, res, args) -> dict:
     if args.profile:
         cmd.append("--profile")
     env = dict(os.environ)
+    if args.omp_passive:
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH", "")]))
     res_ = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
     lines = [ln for ln in res_.stdout.splitlines() if ln.startswith("{")]
@@ -181,6 +189,12 @@ def _parse_limit(text: str | None):
         return None
     n, _, res = text.lower().partition("x")
     return int(float(n)), int(res or 10**9)
+
+
+def _fmt_count(x) -> str:
+    if x is None:
+        return "—"
+    return f"{x / 1e6:.2f}M" if x >= 1e5 else f"{x / 1e3:.1f}k" if x >= 1e3 else str(int(x))
 
 
 def _fmt_n(n: int) -> str:
@@ -211,6 +225,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--no-memory", dest="memory", action="store_false",
                    help="run every cell in this process (faster; no peak-memory column)")
     p.add_argument("--profile", action="store_true", help="also print the cpu backend's stage breakdown")
+    p.add_argument("--omp-passive", action="store_true",
+                   help="run the cells with OMP_WAIT_POLICY=PASSIVE (idle OpenMP threads sleep instead of spinning; "
+                        "much faster when other processes compete for the cores)")
     p.add_argument("--json", default=None, help="also write the raw results to this file")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per cell")
     p.add_argument("--_worker", nargs=3, default=None, help=argparse.SUPPRESS)
@@ -221,7 +238,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(json.dumps(worker(backend, int(n), int(res), args.runs, args.threads, args.profile)), flush=True)
         return []
 
-    sizes = [int(float(x)) for x in args.sizes.split(",")] if args.sizes else (QUICK_SIZES if args.quick else FULL_SIZES)
+    default_sizes = QUICK_SIZES if args.quick else FULL_SIZES
+    sizes = [int(float(x)) for x in args.sizes.split(",")] if args.sizes else default_sizes
     resolutions = [int(x) for x in args.res.split(",")] if args.res else (QUICK_RES if args.quick else FULL_RES)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     for b in backends:
@@ -230,6 +248,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     limit = _parse_limit(args.reference_limit)
 
     results = []
+    load_before = _loadavg()
     for n in sizes:
         for res in resolutions:
             for backend in backends:
@@ -243,7 +262,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     f"fwd {r['fwd_s']:.3f} s, fwd+bwd {r['fb_s']:.3f} s" if "fb_s" in r else r.get("error", "")),
                     file=sys.stderr, flush=True)
 
-    print(render_table(results, backends, args))
+    print(render_table(results, backends, args, load_before, _loadavg()))
     if args.profile:
         print(render_profile(results))
     if args.json:
@@ -251,13 +270,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return results
 
 
-def render_table(results: list[dict], backends: list[str], args) -> str:
+def _loadavg() -> str:
+    try:
+        return "/".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def render_table(results: list[dict], backends: list[str], args, load_before="n/a", load_after="n/a") -> str:
     by = {(r["backend"], r["n"], r["res"]): r for r in results}
     import torch
 
+    policy = "PASSIVE" if args.omp_passive and args.memory else os.environ.get("OMP_WAIT_POLICY", "default")
     lines = [f"Rasterizer benchmark — {args.threads} threads, median of {args.runs} warm runs, float32, "
-             f"torch {torch.__version__}, {os.cpu_count()} CPUs; times in seconds, peak = peak RSS increase (MB)",
-             ""]
+             f"torch {torch.__version__}, {os.cpu_count()} CPUs, OMP_WAIT_POLICY={policy}, load average "
+             f"{load_before} before / {load_after} after; times in seconds, peak = peak RSS increase (MB)", ""]
     head = ["N", "res"]
     if "cpu" in backends:
         head += ["isects", "cpu fwd", "cpu fwd+bwd", "cpu peak MB"]
@@ -273,7 +300,7 @@ def render_table(results: list[dict], backends: list[str], args) -> str:
         row = [_fmt_n(n), f"{res}²"]
         if "cpu" in backends:
             isects = c.get("isects") if c else None
-            row += [f"{isects / 1e6:.2f}M" if isects else "—", _cell(c, "fwd_s", ".3f"), _cell(c, "fb_s", ".3f"),
+            row += [_fmt_count(isects), _cell(c, "fwd_s", ".3f"), _cell(c, "fb_s", ".3f"),
                     _cell(c, "peak_mb", ".0f")]
         if "reference" in backends:
             row += [_cell(ref, "fwd_s", ".3f"), _cell(ref, "fb_s", ".3f"), _cell(ref, "peak_mb", ".0f")]

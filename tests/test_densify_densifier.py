@@ -264,3 +264,16 @@ def test_cuda_matches_cpu_and_is_deterministic():
         r2 = gpu(x.cuda(), f.cuda(), b.cuda())
     assert torch.equal(r1.attributes, r2.attributes)
     torch.testing.assert_close(r1.attributes.cpu(), ref.attributes, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("variant", [{}, {"mask": "softmax", "head_before_split": True, "residual_attributes": True}])
+def test_row_chunking_gives_the_same_result(variant):
+    x, f = _surface_points(100, seed=9), torch.randn(100, 32)
+    b = torch.tensor([0] * 60 + [1] * 40)
+    plain = GenerativeDensifier(_tiny(**variant)).eval()
+    chunked = GenerativeDensifier(_tiny(row_chunk=50, **variant)).eval()
+    chunked.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        r1, r2 = plain(x, f, b), chunked(x, f, b)
+    torch.testing.assert_close(r1.attributes, r2.attributes, rtol=1e-5, atol=1e-6)
+    assert torch.equal(r1.parent, r2.parent)

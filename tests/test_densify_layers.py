@@ -118,3 +118,25 @@ def test_head_layout_and_default_shifts():
     assert g.sh.flatten().tolist() == list(range(12)) and g.quats.tolist() == [[16, 17, 18, 19]]
     with pytest.raises(ValueError, match="attributes"):
         attributes_to_gaussians(torch.zeros(1, 3), torch.zeros(1, 19), 1)
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_upsample_factored_delta_f_equals_the_direct_formula(adaptive):
+    """Δf's first Linear runs on [PE(Δx), f_rep] through a LayerNorm; the module computes it without the
+    concatenation. Compare with the literal formula."""
+    torch.manual_seed(4)
+    up = Upsample(12, 16, factor=3, global_dim=5 if adaptive else None).double()
+    if adaptive:
+        with torch.no_grad():
+            up.delta_f[0].affine.weight.normal_()
+            up.delta_f[0].affine.bias.normal_()
+    batch = torch.tensor([0, 0, 1, 1, 1])
+    g = torch.randn(2, 5, dtype=torch.float64)
+    f = torch.randn(5, 12, dtype=torch.float64) * 2 + 0.5
+    dx = torch.randn(15, 3, dtype=torch.float64) * 1e-3
+    pe = positional_encoding(dx, up.frequencies)
+    b_rep = batch.repeat_interleave(3)
+    got = up._delta_f_hidden(pe, f, batch, b_rep, g if adaptive else None)
+    h = torch.cat([pe, f.repeat_interleave(3, 0)], dim=1)
+    ref = up.delta_f[1](up.delta_f[0](h, b_rep, g if adaptive else None))
+    torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-9)

@@ -19,7 +19,9 @@
 //     the forward did and recovering T_i = T_{i+1} / (1 - alpha_i); per-Gaussian sums are reduced over the tile's
 //     pixels in registers, then added to a per-thread buffer (no atomics) reduced at the end.
 // The ellipse and exp cutoffs are conservative (with margins well above float rounding), so they skip work
-// without changing any result.
+// without changing any result. Records are prefetched a few list entries ahead (the lists jump around memory),
+// and large buffers come from a small cache of mapped blocks (page faults are expensive on small VMs).
+// float64 (tests, finite differences) uses the portable 8-lane path.
 
 // Only light headers (ATen core + per-operator headers + the op registry): the whole torch/extension.h costs
 // several times the compile time.
@@ -313,7 +315,7 @@ struct VecG {
   GDS_CMP(cmp_lt, <)
 #undef GDS_CMP
   friend VecG fmadd(const VecG& a, const VecG& b, const VecG& c) { return a * b + c; }
-  friend VecG vmin(const VecG& a, const VecG& b) {  // min(a, b) with b a clamp value: NaN in b... never
+  friend VecG vmin(const VecG& a, const VecG& b) {  // min(a, b) for a clamp value b; NaN in a propagates
     VecG r;
     for (int i = 0; i < LANES; ++i) r.x[i] = b.x[i] < a.x[i] ? b.x[i] : a.x[i];
     return r;
@@ -788,6 +790,7 @@ void forward_tile(const typename V::S* packed, const int32_t* list, int64_t star
   using M = typename V::M;
   alignas(64) S Tb[TP], Cr[TP], Cg[TP], Cb[TP], Db[TP];
   alignas(64) int32_t done[TP], NC[TP];
+  int vdone[TP / LANES] = {0};  // stopped pixels per vector: a vector whose 8 pixels stopped is skipped
   int n_done = 0;
   for (int p = 0; p < TP; ++p) {
     const int x = tx0 + p % TS, y = ty0 + p / TS;
@@ -797,6 +800,7 @@ void forward_tile(const typename V::S* packed, const int32_t* list, int64_t star
     const bool in = x < W && y < H;
     done[p] = in ? 0 : -1;
     n_done += !in;
+    vdone[p / LANES] += !in;
   }
   const V one = V::set1(S(1)), amax = V::set1(Consts<S>::alpha_max()), amin = V::set1(Consts<S>::alpha_min());
   const V tmin = V::set1(Consts<S>::t_min()), zero = V::set1(S(0)), mhalf = V::set1(S(-0.5));
@@ -818,6 +822,7 @@ void forward_tile(const typename V::S* packed, const int32_t* list, int64_t star
       const V vcdy2 = V::set1(c * dy * dy), vdy = V::set1(dy);
       for (int k = k0; k <= k1; ++k) {
         const int idx = r * TS + k * LANES;
+        if (vdone[idx / LANES] == LANES) continue;
         const V dx = vu - pxv[k];
         // power = -0.5 (a dx^2 + c dy^2) - b dx dy
         const V power = mhalf * fmadd(va * dx, dx, vcdy2) - (vb * dx) * vdy;
@@ -831,7 +836,9 @@ void forward_tile(const typename V::S* packed, const int32_t* list, int64_t star
         const M stop = m & cmp_lt(test, tmin);
         if (V::any(stop)) {
           V::or_mask(done + idx, stop);
-          n_done += V::count(stop);
+          const int ns = V::count(stop);
+          n_done += ns;
+          vdone[idx / LANES] += ns;
         }
         const M con = andnot(m, stop);
         if (!V::any(con)) continue;

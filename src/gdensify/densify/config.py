@@ -59,6 +59,7 @@ class DensifierConfig:
     orders: tuple[str, ...] = field(default_factory=lambda: tuple(ORDERS))
     shuffle_orders: bool = True  # in training, with the forward's generator
     shuffle_orders_eval: bool = False
+    row_chunk: int = 0  # UP and HEAD in blocks of about this many output rows (0: all at once); same result
 
     def __post_init__(self) -> None:
         for name in ("channels", "num_blocks", "up_factors", "keep_ratios", "orders"):

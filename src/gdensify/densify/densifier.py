@@ -153,12 +153,13 @@ class GenerativeDensifier(nn.Module):
             point.serialize(cfg.orders, shuffle=shuffle, generator=generator)
             for i, block in enumerate(layer.blocks):
                 point = block(point, i, generator)
-            coord, feat, batch, parent, _ = layer.up(point.coord, point.feat, batch, grid, global_feat, generator)
+            coord, feat, batch, parent = _chunked_up(layer.up, point.coord, point.feat, batch, grid, global_feat,
+                                                     generator, cfg.row_chunk)
             origin = take(origin, parent)
             if attr is not None:
                 attr = take(attr, parent)
             if cfg.head_before_split:
-                a = layer.head(feat)
+                a = _chunked_rows(layer.head, feat, cfg.row_chunk)
                 attr = attr + a if (attr is not None and cfg.residual_attributes) else a
             points_up = counts_of(batch, B)
             if layer.mask is None:
@@ -168,7 +169,10 @@ class GenerativeDensifier(nn.Module):
                 feat, keep, probs = layer.mask(feat, batch, B)
             leaf = torch.nonzero(~keep, as_tuple=False).flatten()
             kept = torch.nonzero(keep, as_tuple=False).flatten()
-            leaf_attr = take(attr, leaf) if cfg.head_before_split else layer.head(take(feat, leaf))
+            if cfg.head_before_split:
+                leaf_attr = take(attr, leaf)
+            else:
+                leaf_attr = _chunked_rows(layer.head, take(feat, leaf), cfg.row_chunk)
             out_coord.append(take(coord, leaf))
             out_attr.append(leaf_attr)
             out_batch.append(take(batch, leaf))
@@ -223,6 +227,29 @@ class GenerativeDensifier(nn.Module):
         c = self.config
         return (f"channels={c.channels}, up_factors={c.up_factors}, keep_ratios={c.keep_ratios}, norm={c.norm}, "
                 f"mask={c.mask}, residual={c.residual_attributes}")
+
+
+def _chunked_rows(fn, x: Tensor, chunk: int) -> Tensor:
+    """fn applied to row blocks of x (fn must act on every row independently)."""
+    if chunk <= 0 or x.shape[0] <= chunk:
+        return fn(x)
+    return torch.cat([fn(x[a: a + chunk]) for a in range(0, x.shape[0], chunk)])
+
+
+def _chunked_up(up: Upsample, coord: Tensor, feat: Tensor, batch: Tensor, grid: float,
+                global_feat: Tensor | None, generator: torch.Generator | None, chunk: int):
+    """UP over blocks of parents making about `chunk` children each: the same result (UP is per parent), with
+    small intermediate tensors. Returns (coords, features, batch, parent index)."""
+    n, r = feat.shape[0], up.factor
+    step = max(1, chunk // r) if chunk > 0 else n
+    if n <= step:
+        c, f, b, parent, _ = up(coord, feat, batch, grid, global_feat, generator)
+        return c, f, b, parent
+    parts = [up(coord[a: a + step], feat[a: a + step], batch[a: a + step], grid, global_feat, generator)
+             for a in range(0, n, step)]
+    parent = torch.cat([p[3] + a for p, a in zip(parts, range(0, n, step))])
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts]), \
+        parent
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -19,7 +19,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from ..gaussians import Gaussians
-from ._ops import segment_softmax, top_ratio_mask
+from ._ops import segment_softmax, take, top_ratio_mask
 from .point_transformer import DropPath, GlobalAdaptiveLayerNorm
 
 # Released object-model defaults (gd_official_spec.md §1.6, §3.9, Appendix A).
@@ -72,13 +72,49 @@ class Upsample(nn.Module):
         f = self.in_norm(feat, batch, global_feat)
         parent = torch.arange(n, device=feat.device).repeat_interleave(r)
         dx = (self.offset_scale * grid_size) * torch.tanh(self.delta_x(f).reshape(n * r, 3))
-        f_rep, b_rep = _repeat_rows(f, r), _repeat_rows(batch, r)
-        norm, lin1, act, lin2 = self.delta_f
-        h = torch.cat([positional_encoding(dx, self.frequencies).to(f_rep.dtype), f_rep], dim=-1)
-        df = lin2(act(lin1(norm(h, b_rep, global_feat))))
-        out = self.skip(f_rep) + self.drop_path(df, generator)
+        b_rep = _repeat_rows(batch, r)
+        pe = positional_encoding(dx, self.frequencies).to(f.dtype)
+        _, _, act, lin2 = self.delta_f
+        df = lin2(act(self._delta_f_hidden(pe, f, batch, b_rep, global_feat)))
+        # skip(f_rep) = repeat(skip(f)): the Linear runs on the parents, not on the R× more children
+        out = _repeat_rows(self.skip(f), r) + self.drop_path(df, generator)
         out = self.out_norm(out, b_rep, global_feat)
         return _repeat_rows(coord, r) + dx.to(coord.dtype), out, b_rep, parent, dx
+
+    def _delta_f_hidden(self, pe: Tensor, f: Tensor, batch: Tensor, b_rep: Tensor,
+                        global_feat: Tensor | None) -> Tensor:
+        """Linear₁(N([PE, f_rep])) without building the (N·R, C_in + 6K) concatenation.
+
+        With N = LayerNorm (optionally scaled by s per object) and W = [W_pe | W_f]:
+        Linear₁(N(h)) = (W_pe·(s_pe ⊙ PE) + repeat(W_f·(s_f ⊙ f)) − μ·(W·s)) / σ + b, where μ, σ² are
+        the mean and (biased) variance of h = [PE, f_rep] per row, assembled from per-part sums. The W_f product
+        runs on the parents only. Equal to the direct formula up to rounding (tested)."""
+        norm, lin1 = self.delta_f[0], self.delta_f[1]
+        r, d = self.factor, pe.shape[1] + f.shape[1]
+        k = pe.shape[1]
+        w = lin1.weight.to(f.dtype)
+        w_pe, w_f = w[:, :k], w[:, k:]
+        s = norm.scale(global_feat, f.dtype)  # (B, D) or None
+        f32 = f.float() if f.dtype in (torch.float16, torch.bfloat16) else f
+        pe32 = pe.float() if pe.dtype in (torch.float16, torch.bfloat16) else pe
+        total = pe32.sum(1) + _repeat_rows(f32.sum(1), r)
+        total_sq = pe32.square().sum(1) + _repeat_rows(f32.square().sum(1), r)
+        mu = total / d
+        rstd = torch.rsqrt((total_sq / d - mu.square()).clamp_min(0) + norm.eps)
+        if s is None:
+            a = pe @ w_pe.T + _repeat_rows(f @ w_f.T, r)
+            ws = w.sum(1)[None, :]  # W·1
+            centred = a - mu.to(a.dtype)[:, None] * ws
+        else:
+            s_row = s if s.shape[0] == 1 else take(s, batch)
+            a_f = (f * s_row[:, k:]) @ w_f.T
+            s_child = s if s.shape[0] == 1 else take(s, b_rep)
+            a = (pe * s_child[:, :k]) @ w_pe.T + _repeat_rows(a_f, r)
+            ws = s @ w.T  # (B, C_hidden): W·s per object
+            ws = ws if ws.shape[0] == 1 else take(ws, b_rep)
+            centred = a - mu.to(a.dtype)[:, None] * ws
+        out = centred * rstd.to(a.dtype)[:, None]
+        return out + lin1.bias.to(out.dtype) if lin1.bias is not None else out
 
 
 class LearnableMask(nn.Module):

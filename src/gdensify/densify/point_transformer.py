@@ -338,6 +338,14 @@ class GlobalAdaptiveLayerNorm(nn.Module):
             nn.init.zeros_(self.affine.weight)
             nn.init.ones_(self.affine.bias)
 
+    def scale(self, global_feat: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+        """Per-object scale (B, C), or None for the plain LayerNorm."""
+        if self.affine is None:
+            return None
+        if global_feat is None:
+            raise ValueError("adaptive normalization needs the per-object global feature")
+        return self.affine(global_feat.to(self.affine.weight.dtype)).to(dtype)
+
     def forward(self, x: Tensor, batch: Tensor | None = None, global_feat: Tensor | None = None) -> Tensor:
         y = F.layer_norm(x, (self.channels,), eps=self.eps)
         if self.affine is None:

@@ -6,16 +6,25 @@ backward recomputes alphas back to front instead of storing per-(pixel, Gaussian
 
 The kernel (`gdensify/csrc/rasterize.cpp`, shipped as package data) is compiled on first use with
 `torch.utils.cpp_extension.load` and cached in the torch extensions directory (`$TORCH_EXTENSIONS_DIR`, default
-`~/.cache/torch_extensions`). The module name contains a hash of the source and of the compiler flags, so an edited
-source rebuilds and builds for different instruction sets live side by side.
+`~/.cache/torch_extensions/pyXY_cpu`) as `gdensify_raster_<hash>.so`, the hash covering the source, the compiler
+flags and the torch version: an edited source rebuilds, and builds for different instruction sets live side by
+side. An existing library is loaded directly; a missing one is built in a private temporary folder and published
+with an atomic rename, so concurrent processes never wait on a lock (torch's own lock file is left behind forever
+when a build is killed, and every later process would then hang).
 
 Compiler flags: `-O3 -fopenmp -ffp-contract=off`, plus `-mavx2 -mfma` when this CPU has AVX2 and FMA (as detected by
-PyTorch's own dispatcher, `torch.backends.cpu.get_cpu_capability()`). Not `-march=native`: the extensions cache
-may be shared between machines (home directories, images, CI caches) and torch only rebuilds when the sources or
-flags change, so a native build made on one CPU could crash with an illegal instruction on another; with the ISA in
-the flags, and so in the module name, each CPU family gets its own build. The kernel's hand-written SIMD path only
-needs AVX2+FMA, so -march=native would gain little. `-ffp-contract=off` keeps the forward and backward
-recomputation of alpha bit-identical. Set `GDENSIFY_CPU_SIMD=0` to force the portable build.
+PyTorch's own dispatcher, `torch.backends.cpu.get_cpu_capability()`, which `ATEN_CPU_CAPABILITY` can lower). Not
+`-march=native`: the extensions cache may be shared between machines (home directories, images, CI caches) and a
+cached library is reused whenever the source and flags match, so a native build made on one CPU could crash with an
+illegal instruction on another; with the ISA in the flags, and so in the name, each CPU family gets its own build.
+The kernel's hand-written SIMD path only needs AVX2+FMA, so -march=native would gain little. `-ffp-contract=off`
+keeps the forward's and the backward's recomputation of alpha bit-identical. `GDENSIFY_CPU_SIMD=0` forces the
+portable build. The kernel uses torch's own OpenMP runtime and `torch.get_num_threads()` threads.
+
+Threads on a busy machine: with libgomp's default wait policy idle OpenMP threads spin, and when other processes
+compete for the cores every parallel region (PyTorch's and this kernel's) can wait a scheduler time slice; on the
+2-vCPU VM used for development a 50k-Gaussian render then took ~3.7 s instead of ~0.12 s. Launching with
+`OMP_WAIT_POLICY=PASSIVE` (set before torch is imported) avoids this.
 
 Memory: first-touch page faults are expensive on small VMs, so the kernel keeps its large blocks (tile lists,
 packed Gaussians, per-thread gradient buffers, outputs) in a small cache instead of returning them to the OS after
@@ -30,6 +39,7 @@ import os
 import platform
 import shutil
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -44,6 +54,7 @@ _lock = threading.Lock()
 # (compositing), isects (tile-Gaussian pairs); after a backward also backward_setup_s, backward_s, backward_reduce_s.
 last_stats: dict = {}
 _module = None
+_name: str | None = None  # the loaded build's name (gdensify_raster_<hash of source and flags>)
 _error: str | None = None
 
 
@@ -77,7 +88,7 @@ def _build_flags() -> list[str]:
 
 def _load():
     """Compile (once per source/flags) and import the extension; RuntimeError with the reason otherwise."""
-    global _module, _error
+    global _module, _name, _error
     if _module is not None:
         return _module
     with _lock:
@@ -93,22 +104,52 @@ def _load():
         flags = _build_flags()
         digest = hashlib.sha256(_SOURCE.read_bytes() + " ".join(flags).encode() + torch.__version__.encode())
         name = f"gdensify_raster_{digest.hexdigest()[:16]}"
-        from torch.utils import cpp_extension
-
-        build_dir = Path(cpp_extension._get_build_directory(name, verbose=False))
-        if not any(build_dir.glob(f"{name}*.so")) and not any(build_dir.glob(f"{name}*.pyd")):
-            print(f"gdensify: compiling the CPU rasterizer into {build_dir} (once; about 30 s)...", file=sys.stderr,
-                  flush=True)
         try:
-            # The kernel registers its functions as torch.ops.<name>.* (TORCH_LIBRARY), not as a pybind module:
-            # it then needs only light ATen headers and compiles several times faster.
-            cpp_extension.load(name=name, sources=[str(_SOURCE)], extra_cflags=flags,
-                               extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
+            build_dir = _build_directory(name)
+            library = build_dir / f"{name}.so"
+            if library.is_file():
+                torch.ops.load_library(str(library))
+            else:
+                _build(name, flags, build_dir, library)
             _module = getattr(torch.ops, name)
+            _name = name
         except Exception as exc:  # compiler errors, missing headers, ninja problems
             _error = f"gdensify cpu backend: building the C++ extension failed: {exc}"
             raise RuntimeError(_error) from exc
         return _module
+
+
+def _build_directory(name: str) -> Path:
+    """The torch extensions cache folder for `name` ($TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions/pyXY_cpu)."""
+    from torch.utils import cpp_extension
+
+    try:
+        path = Path(cpp_extension._get_build_directory(name, verbose=False))
+    except Exception:  # noqa: BLE001  (private helper; fall back to the public root)
+        path = Path(cpp_extension.get_default_build_root()) / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _build(name: str, flags: list[str], build_dir: Path, library: Path) -> None:
+    """Compile in a private temporary folder (which also loads the library), then publish the .so atomically.
+
+    torch's own scheme builds in the shared folder under a lock file that is never cleaned up when a build is
+    killed (every later process then waits forever), so concurrent processes here each build privately and the
+    last `os.replace` wins; an existing library is loaded directly, without any lock."""
+    from torch.utils import cpp_extension
+
+    print(f"gdensify: compiling the CPU rasterizer into {build_dir} (once; about 30-60 s)...", file=sys.stderr,
+          flush=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=build_dir))
+    try:
+        # The kernel registers its functions as torch.ops.<name>.* (TORCH_LIBRARY), not as a pybind module: it
+        # then needs only light ATen headers and compiles several times faster.
+        cpp_extension.load(name=name, sources=[str(_SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
+                           build_directory=str(tmp), is_python_module=False, verbose=False)
+        os.replace(tmp / f"{name}.so", library)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def cpu_backend_available() -> bool:
