@@ -5,7 +5,7 @@ from gdensify.io import load_ply
 
 def test_demo_writes_images_and_ply(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--gaussians", "500", "--views", "2", "--resolution", "32",
+    assert main(["demo", "--builtin", "--out", str(out), "--gaussians", "500", "--views", "2", "--resolution", "32",
                  "--backend", "reference"]) == 0
     assert (out / "views.png").is_file() and (out / "view_01.png").is_file()
     assert len(load_ply(out / "trefoil.ply")) == 500

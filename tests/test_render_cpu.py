@@ -156,6 +156,18 @@ def test_float32_matches_reference(num_cams, n, width, height, seed):
     assert float(outs_c[1].max()) > 0.999  # some pixels are (nearly) opaque: early termination happened
 
 
+def test_gradients_are_bitwise_reproducible_with_threads():
+    floats, radii, bg = screen_scene(2, 3000, 96, 80, seed=3, dtype=torch.float32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        runs = [run(composite_cpu, floats, radii, bg, 96, 80) for _ in range(3)]
+    finally:
+        torch.set_num_threads(threads)
+    for outs, grads, absgrad in runs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(grads + [absgrad], runs[0][1] + [runs[0][2]]))
+
+
 def test_float64_matches_dense_oracle_including_per_pixel_absgrad():
     num_cams, n, width, height = 2, 40, 37, 29
     floats, radii, bg = screen_scene(num_cams, n, width, height, seed=3)

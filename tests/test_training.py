@@ -6,7 +6,7 @@ from gdensify.data.batch import ViewBatch, ViewExample
 from gdensify.models.object_gd import ObjectGD, ObjectGDConfig
 from gdensify.training.config import TrainConfig
 from gdensify.training.losses import photometric_loss
-from gdensify.training.sampling import EpochSampler
+from gdensify.training.sampling import StepSampler
 from gdensify.training.schedule import adamw_param_groups, warmup_schedule
 from gdensify.training.system import ReconstructionSystem
 
@@ -34,16 +34,16 @@ def test_warmup_schedule_and_param_groups():
     assert len(decay["params"]) == 1 and len(no_decay["params"]) == 3 and no_decay["weight_decay"] == 0.0
 
 
-def test_epoch_sampler_is_a_pure_function_of_seed_and_epoch():
-    a, b = EpochSampler(5, 12, seed=3), EpochSampler(5, 12, seed=3)
-    b.set_epoch(1)
-    first, second = list(a), list(b)
-    assert len(first) == 12 and first != second
-    a.set_epoch(1)
-    assert list(a) == second
-    assert sorted(i for i, _ in first[:5]) == list(range(5))
+def test_step_sampler_depends_only_on_the_step():
+    whole = list(StepSampler(5, 3, 8, seed=3))
+    assert len(whole) == 24 == len(StepSampler(5, 3, 8, seed=3))
+    resumed = StepSampler(5, 3, 8, seed=3, step_source=lambda: 2)
+    assert len(resumed) == 18 and list(resumed) == whole[6:]
+    assert sorted(i for i, _ in whole[:5]) == list(range(5))  # every pass visits every item once
+    assert sorted(i for i, _ in whole[5:10]) == list(range(5)) and whole[:5] != whole[5:10]
+    assert list(StepSampler(5, 3, 8, seed=4)) != whole
     with pytest.raises(ValueError, match="empty"):
-        EpochSampler(0, 4)
+        StepSampler(0, 1, 4)
 
 
 def test_training_step_updates_a_coarse_only_model():

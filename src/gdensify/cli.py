@@ -1,4 +1,4 @@
-"""The `gdensify` command line: `demo`, `render`, `make-data`."""
+"""The `gdensify` command line: `demo`, `train`, `eval`, `reconstruct`, `render`, `make-data`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,20 @@ import torch
 
 
 def _demo(args: argparse.Namespace) -> int:
+    """Reconstruct the shipped sample objects with the shipped checkpoint (or render the built-in scene)."""
+    if args.builtin:
+        return _demo_builtin(args)
+    from .assets import sample_objects, shipped_checkpoint
+
+    start = time.perf_counter()
+    args.checkpoint = args.checkpoint or str(shipped_checkpoint("object"))
+    args.data = args.data or str(sample_objects())
+    code = _reconstruct(args)
+    print(f"demo finished in {time.perf_counter() - start:.1f} s")
+    return code
+
+
+def _demo_builtin(args: argparse.Namespace) -> int:
     """Render the built-in scene from a ring of cameras: PNGs, a contact sheet and the scene's `.ply`."""
     from .builtin_scene import orbit_cameras, trefoil_gaussians
     from .io import load_ply, save_ply, save_png, side_by_side
@@ -32,6 +46,66 @@ def _demo(args: argparse.Namespace) -> int:
           f"in {seconds:.2f} s (backend {args.backend})")
     print(f"wrote {out}/views.png, {len(cameras)} view PNGs and {ply} (re-rendered from the .ply: max |Δ| = "
           f"{drift:.1e})")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .training.experiment import load_experiment
+    from .training.fit import fit
+
+    if args.resume:
+        stored = Path(args.resume) / "config.yaml"
+        if not stored.is_file():
+            raise FileNotFoundError(f"cannot resume: {stored} does not exist")
+        experiment = load_experiment(stored, args.overrides)
+        if Path(experiment.train.out_dir).resolve() != Path(args.resume).resolve():
+            raise ValueError(f"train.out_dir ({experiment.train.out_dir}) must stay {args.resume} when resuming")
+    else:
+        experiment = load_experiment(args.config, args.overrides)
+    model_path = fit(experiment, resume=bool(args.resume), progress=not args.no_progress)
+    print(f"trained {experiment.train.max_steps} steps; weights: {model_path}")
+    return 0
+
+
+def _load(args: argparse.Namespace):
+    from .assets import shipped_checkpoint
+    from .models.loading import load_model
+
+    path = args.checkpoint or shipped_checkpoint("object")
+    model, checkpoint = load_model(path, device=args.device)
+    if args.selection:
+        model.config.selection.method = args.selection
+    return model, checkpoint, path
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .data.object_dataset import ObjectEvaluationDataset
+    from .evaluation.evaluate import evaluate, format_table, summarize, write_report
+
+    model, checkpoint, path = _load(args)
+    dataset = ObjectEvaluationDataset(args.data, model.config.backbone.image_size, args.inputs)
+    rows = evaluate(model, (dataset[i] for i in range(len(dataset))), total=len(dataset),
+                    progress=not args.no_progress)
+    summary = summarize(rows, "objects")
+    summary.update({"checkpoint": str(path), "data": str(args.data), "selection": model.config.selection.method})
+    report = write_report(rows, summary, args.out, "per_object.csv")
+    print(format_table(rows, summary))
+    print(f"wrote {report} and {Path(args.out) / 'per_object.csv'}")
+    return 0
+
+
+def _reconstruct(args: argparse.Namespace) -> int:
+    from .evaluation.evaluate import format_table, summarize, write_report
+    from .reconstruct import reconstruct_objects
+
+    model, checkpoint, path = _load(args)
+    rows = reconstruct_objects(model, args.data, args.out, model.config.backbone.image_size, args.inputs,
+                               progress=not args.no_progress)
+    summary = summarize(rows, "objects")
+    summary.update({"checkpoint": str(path), "data": str(args.data)})
+    write_report(rows, summary, args.out, "per_object.csv")
+    print(format_table(rows, summary))
+    print(f"wrote coarse.ply, fine.ply and comparison.png (input | coarse | GD | truth) per object under {args.out}")
     return 0
 
 
@@ -71,8 +145,38 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     backends = ["auto", "cpu", "reference", "gsplat"]
 
-    demo = sub.add_parser("demo", help="render the built-in scene to PNG and .ply")
-    demo.add_argument("--out", default="outputs/demo")
+    def model_args(p: argparse.ArgumentParser, out: str) -> None:
+        p.add_argument("--checkpoint", default=None, help="model.safetensors (default: the shipped tiny model)")
+        p.add_argument("--out", default=out)
+        p.add_argument("--inputs", type=int, default=4, help="input views per object")
+        p.add_argument("--device", default="cpu")
+        p.add_argument("--selection", choices=["gradient", "random"], default=None,
+                       help="override the checkpoint's selection method (ablation)")
+        p.add_argument("--no-progress", action="store_true")
+
+    train = sub.add_parser("train", help="train a model: --config tiny|paper|FILE.yaml [key=value ...]")
+    train.add_argument("--config", default="tiny", help="preset (tiny, paper) or YAML file")
+    train.add_argument("--resume", metavar="RUN_DIR", default=None,
+                       help="continue the run in RUN_DIR (its config.yaml; overrides still apply)")
+    train.add_argument("--no-progress", action="store_true")
+    train.add_argument("overrides", nargs="*", metavar="key=value")
+    train.set_defaults(run=_train)
+
+    evaluate = sub.add_parser("eval", help="PSNR/SSIM (fine and coarse) on Blender-layout objects")
+    evaluate.add_argument("--data", required=True, help="an object folder or a folder of them")
+    model_args(evaluate, "outputs/eval")
+    evaluate.set_defaults(run=_eval)
+
+    recon = sub.add_parser("reconstruct", help="objects → coarse.ply, fine.ply and comparison images")
+    recon.add_argument("--data", required=True, help="an object folder or a folder of them")
+    model_args(recon, "outputs/reconstruct")
+    recon.set_defaults(run=_reconstruct)
+
+    demo = sub.add_parser("demo", help="reconstruct the shipped sample objects with the shipped model")
+    model_args(demo, "outputs/demo")
+    demo.add_argument("--data", default=None, help="objects to reconstruct (default: the shipped samples)")
+    demo.add_argument("--builtin", action="store_true",
+                      help="instead, render the built-in Gaussian scene (no model) to PNG and .ply")
     demo.add_argument("--gaussians", type=int, default=50_000)
     demo.add_argument("--views", type=int, default=8)
     demo.add_argument("--resolution", type=int, default=256)
@@ -104,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
         print(f"gdensify {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -1100,7 +1100,9 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g_img, const at::Tensor&
     const int tid = thread_id();
     S* mybuf = gb + int64_t(tid) * C * N * NGS;
     S* mybg = gbg + int64_t(tid) * C * 3;
-#pragma omp for schedule(dynamic, 1)
+    // static round-robin over the cost-sorted bins: each thread's share, hence the order of every sum, depends
+    // only on the thread count, so gradients are bit-for-bit reproducible (exact training resumption)
+#pragma omp for schedule(static, 1)
     for (int64_t it = 0; it < nbins; ++it) {
       const int64_t bn = items[it];
       const int64_t c = bn / ntiles, t = bn % ntiles;

@@ -55,6 +55,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from ..cameras import Cameras
+from ..gaussians import Gaussians
 from .synthetic_objects import OBJECT_CAMERA_DISTANCE, OBJECT_RADIUS
 
 __all__ = [
@@ -180,6 +181,11 @@ class SceneNormalization:
 
     def invert_points(self, points: Float[Tensor, "*batch 3"]) -> Float[Tensor, "*batch 3"]:
         return points / self.scale + torch.as_tensor(self.center, dtype=points.dtype, device=points.device)
+
+    def invert_gaussians(self, gaussians: Gaussians) -> Gaussians:
+        """Gaussians of the normalized world moved back to dataset units (means and scales; rotations kept)."""
+        return Gaussians(self.invert_points(gaussians.means), gaussians.quats,
+                         gaussians.log_scales - math.log(self.scale), gaussians.opacity_logits, gaussians.sh)
 
     def apply(self, cameras: Cameras) -> Cameras:
         """Cameras in the normalized world: w2c' = [R | scale·(R·center + t)] (projections unchanged)."""

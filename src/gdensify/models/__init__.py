@@ -1,5 +1,5 @@
 """Reconstruction models: image encoder (`vit`), object backbone (`lara`), scene backbone (`mvsplat`), and the
-object-level GD model (`object_gd`: backbone + selection + densifier)."""
+object- and scene-level GD models (`object_gd`, `scene_gd`: backbone + selection + densifier)."""
 
 from .lara import (
     LaRaBackbone,
@@ -14,10 +14,12 @@ from .lara import (
 from .mvsplat import MVSplatBackbone, MVSplatConfig, MVSplatOutput
 from .object_gd import ObjectGD, ObjectGDConfig
 from .output import Reconstruction
+from .scene_gd import SceneGD, SceneGDConfig
 from .vit import ViTConfig, VisionTransformer, WeightLoadingError, load_vit_weights
 
 __all__ = [
     "LaRaBackbone", "LaRaCoarse", "LaRaConfig", "LaRaRefined", "MVSplatBackbone", "MVSplatConfig", "MVSplatOutput",
-    "ObjectGD", "ObjectGDConfig", "Reconstruction", "ViTConfig", "VisionTransformer", "WeightLoadingError",
-    "format_parameter_counts", "load_official_state_dict", "load_vit_weights", "parameter_counts", "visible_masks",
+    "ObjectGD", "ObjectGDConfig", "Reconstruction", "SceneGD", "SceneGDConfig", "ViTConfig", "VisionTransformer",
+    "WeightLoadingError", "format_parameter_counts", "load_official_state_dict", "load_vit_weights",
+    "parameter_counts", "visible_masks",
 ]

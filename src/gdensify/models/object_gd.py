@@ -92,7 +92,8 @@ class ObjectGD(nn.Module):
         # Selection scores the coarse Gaussians (coarse SH), as in the released code.
         coarse_visible = Gaussians.cat([coarse_sets[i][r.index] for i, r in enumerate(refined)])
         selection = select_gaussians(coarse_visible, owner, batch.input_cameras, list(images), cfg.selection,
-                                     backgrounds=list(batch.input_backgrounds), backend=cfg.render_backend)
+                                     backgrounds=list(batch.input_backgrounds), backend=cfg.render_backend,
+                                     generator=generator)
         features = torch.cat([r.features for r in refined])
         result = self.densifier(visible.means[selection.index], features[selection.index], selection.batch,
                                 num_objects=len(batch), generator=generator)

@@ -30,12 +30,11 @@ class TrainConfig:
     strategy: str = "auto"
     precision: Literal["auto", "32", "bf16-mixed"] = "auto"  # auto: bf16-mixed on CUDA, 32 on CPU
     log_every: int = 10
-    val_every: int = 200
-    checkpoint_every: int = 200
+    checkpoint_every: int = 200  # steps between checkpoints (and validations)
     out_dir: str = "outputs/train"
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "batch_size", "devices", "num_nodes", "log_every", "val_every", "checkpoint_every"):
+        for name in ("max_steps", "batch_size", "devices", "num_nodes", "log_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.warmup_steps < 0 or self.lr <= 0 or self.final_lr <= 0:

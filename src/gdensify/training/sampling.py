@@ -1,37 +1,53 @@
-"""Deterministic, resumable sampling: each epoch is a fixed number of steps drawn from (seed, epoch, rank).
+"""Deterministic, resumable sampling: the examples of optimizer step s are a pure function of (seed, s, rank).
 
-The sampler yields `(item_index, example_seed)` pairs; datasets derive every random choice of an example (views,
-background colours) from `example_seed`, so an epoch's batches are a pure function of (seed, epoch, rank) and a
-run resumed from an epoch-end checkpoint continues exactly as an uninterrupted run would.
+`StepSampler` yields `(item_index, example_seed)` pairs, `batch_size` per step, from the step the trainer is at
+(read through `step_source` when iteration starts) to `max_steps`. Sample i = s·batch_size + j of a rank lies in
+pass p = i // num_items, which visits every item once in a random order (a permutation per (seed, pass, rank)).
+Datasets derive every random choice of an example (views, colours) from `example_seed`, so a resumed run sees
+exactly the batches an uninterrupted run would, whatever the training loop's epoch bookkeeping does.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
 
-class EpochSampler(Sampler[tuple[int, int]]):
-    """`samples_per_epoch` draws (with replacement across epochs, a permutation within) per rank."""
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
-    def __init__(self, num_items: int, samples_per_epoch: int, seed: int = 0) -> None:
+
+class StepSampler(Sampler[tuple[int, int]]):
+    """`batch_size` draws per step for steps [step_source(), max_steps)."""
+
+    def __init__(self, num_items: int, batch_size: int, max_steps: int, seed: int = 0,
+                 step_source: Callable[[], int] = lambda: 0) -> None:
         if num_items < 1:
-            raise ValueError("EpochSampler needs at least one item; is the dataset empty?")
-        self.num_items, self.samples_per_epoch, self.seed, self.epoch = num_items, samples_per_epoch, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+            raise ValueError("StepSampler needs at least one item; is the dataset empty?")
+        if batch_size < 1 or max_steps < 0:
+            raise ValueError("StepSampler needs batch_size >= 1 and max_steps >= 0")
+        self.num_items, self.batch_size, self.max_steps, self.seed = num_items, batch_size, max_steps, seed
+        self.step_source = step_source
 
     def __len__(self) -> int:
-        return self.samples_per_epoch
+        return max(0, self.max_steps - self.step_source()) * self.batch_size
+
+    def _permutation(self, pass_index: int, rank: int) -> list[int]:
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + pass_index) * 7919 + rank)
+        return torch.randperm(self.num_items, generator=g).tolist()
+
+    def example_seed(self, sample: int, rank: int) -> int:
+        g = torch.Generator().manual_seed((self.seed * 1_000_033 + sample) * 7907 + rank + 1)
+        return int(torch.randint(0, 2**31 - 1, (1,), generator=g))
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * 7919 + rank)
-        repeats = -(-self.samples_per_epoch // self.num_items)
-        items = torch.cat([torch.randperm(self.num_items, generator=g) for _ in range(repeats)])
-        seeds = torch.randint(0, 2**31 - 1, (self.samples_per_epoch,), generator=g)
-        return iter(zip(items[: self.samples_per_epoch].tolist(), seeds.tolist()))
+        rank, start = _rank(), self.step_source()
+        cached: tuple[int, list[int]] = (-1, [])
+        for sample in range(start * self.batch_size, self.max_steps * self.batch_size):
+            pass_index = sample // self.num_items
+            if cached[0] != pass_index:
+                cached = (pass_index, self._permutation(pass_index, rank))
+            yield cached[1][sample % self.num_items], self.example_seed(sample, rank)

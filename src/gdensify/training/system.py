@@ -9,7 +9,6 @@ from torch import nn
 
 from ..cameras import Cameras
 from ..data.batch import ViewBatch
-from ..evaluation.metrics import psnr
 from .config import TrainConfig
 from .losses import photometric_loss
 from .schedule import adamw_param_groups, warmup_schedule
@@ -30,13 +29,19 @@ class ReconstructionSystem(L.LightningModule):
         super().__init__()
         self.model, self.train_config = model, train
 
+    def step_generator(self) -> torch.Generator:
+        """The model's randomness in this step: a pure function of (seed, step, rank), so resumption is exact."""
+        seed = (self.train_config.seed * 1_000_003 + self.global_step) * 1009 + self.global_rank
+        torch.manual_seed(seed)  # anything drawing from the global generator (e.g. dropout) is reproducible too
+        return torch.Generator(self.device).manual_seed(seed)
+
     def transfer_batch_to_device(self, batch: ViewBatch, device: torch.device, dataloader_idx: int) -> ViewBatch:
         return batch.to(device)
 
     def training_step(self, batch: ViewBatch, batch_idx: int) -> torch.Tensor:
         cfg = self.train_config
         cameras, backgrounds, truth = supervision_views(batch)
-        out = self.model(batch)
+        out = self.model(batch, generator=self.step_generator())
         loss = torch.zeros((), device=truth.device)
         for which, weight in (("coarse", cfg.coarse_weight), ("fine", cfg.fine_weight)):
             if which == "fine" and out.fine is None:
@@ -51,13 +56,6 @@ class ReconstructionSystem(L.LightningModule):
                 self.log(f"train/{name}", value.float(), batch_size=len(batch))
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=len(batch))
         return loss
-
-    def validation_step(self, batch: ViewBatch, batch_idx: int) -> None:
-        out = self.model(batch)
-        for which in ("coarse", "fine") if out.fine is not None else ("coarse",):
-            render = out.render(batch.target_cameras, batch.target_backgrounds, which).clamp(0, 1)
-            value = psnr(render, batch.target_images).mean()
-            self.log(f"val/psnr_{which}", value, prog_bar=which == "fine", batch_size=len(batch), sync_dist=True)
 
     def configure_optimizers(self):
         cfg = self.train_config

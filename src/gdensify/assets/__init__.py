@@ -1,0 +1,26 @@
+"""Files shipped with the package: the small trained checkpoints and sample data that `gdensify demo` uses.
+
+    object_tiny.safetensors   `gdensify train --config tiny` (recipe in its metadata and in README)
+    objects/obj_*             held-out generated objects (Blender layout) for the object demo
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ASSETS = Path(__file__).resolve().parent
+
+
+def shipped_checkpoint(kind: str = "object") -> Path:
+    path = ASSETS / f"{kind}_tiny.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"the shipped {kind} checkpoint is missing ({path}); pass --checkpoint, or train one "
+                                f"with `gdensify train --config tiny`")
+    return path
+
+
+def sample_objects() -> Path:
+    path = ASSETS / "objects"
+    if not path.is_dir():
+        raise FileNotFoundError(f"the shipped sample objects are missing ({path}); pass --data")
+    return path

@@ -1,0 +1,33 @@
+"""Build a model from a `model.safetensors` checkpoint (weights + the model config in its metadata)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from ..config import from_dict
+from ..io import Checkpoint, load_checkpoint
+from .object_gd import ObjectGD, ObjectGDConfig
+from .scene_gd import SceneGD, SceneGDConfig
+
+MODEL_KINDS: dict[str, tuple[type, type[nn.Module]]] = {"object": (ObjectGDConfig, ObjectGD),
+                                                         "scene": (SceneGDConfig, SceneGD)}
+
+
+def load_model(path: str | os.PathLike, kind: str | None = None,
+               device: torch.device | str = "cpu") -> tuple[nn.Module, Checkpoint]:
+    """The model of a checkpoint in eval mode, and the checkpoint (its metadata holds the training recipe).
+    `kind` ("object" or "scene"), if given, must match the checkpoint's."""
+    checkpoint = load_checkpoint(path, kind)
+    if checkpoint.kind not in MODEL_KINDS:
+        raise ValueError(f"{path}: unknown model kind {checkpoint.kind!r}; known: {sorted(MODEL_KINDS)}")
+    config_cls, model_cls = MODEL_KINDS[checkpoint.kind]
+    model = model_cls(from_dict(config_cls, checkpoint.config))
+    missing, unexpected = model.load_state_dict(checkpoint.state_dict, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not match the stored config (missing {missing[:5]}"
+                         f"{'…' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+                         f"{'…' if len(unexpected) > 5 else ''})")
+    return model.to(device).eval(), checkpoint

@@ -1,0 +1,182 @@
+"""`fit`: train an experiment with Lightning, with exact resumption and atomic checkpoints.
+
+Run folder (`train.out_dir`):
+    config.yaml               the resolved experiment
+    checkpoints/last.ckpt     Lightning state (weights, optimizer, schedule, loop counters) for `--resume`
+    model.safetensors         the model weights + config (what `eval`, `reconstruct` and `demo` load)
+    logs/metrics.csv          CSV log (plus TensorBoard event files when `tensorboard` is installed)
+    replicas.json             multi-process runs only: every rank's weight checksum at the end
+
+Every `train.checkpoint_every` optimizer steps (and at the end): `last.ckpt`, `model.safetensors` and, with
+`data.val_root`, validation PSNR of the fine and coarse renders (logged as `val/psnr_fine`, `val/psnr_coarse`).
+A step's batch depends only on (seed, step, rank) (`StepSampler`) and the model's randomness in a step comes from a
+generator seeded by (seed, step, rank), so a resumed run continues exactly as an uninterrupted one (bit for bit on
+CPU with the same thread count).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch.utils.data import DataLoader
+
+from ..config import dump_yaml, to_dict
+from ..data.batch import ViewBatch, ViewExample
+from ..evaluation.evaluate import evaluate_example
+from ..io import atomic_path, save_checkpoint
+from .experiment import ObjectExperiment
+from .sampling import StepSampler
+from .system import ReconstructionSystem
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoints written to a temporary file and renamed: an interrupted save never corrupts
+    `last.ckpt`."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike,
+                        storage_options: Any | None = None) -> None:
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+
+
+class PeriodicCheckpoint(Callback):
+    """Every `every` steps and at the end of training: `checkpoints/last.ckpt` and `model.safetensors`."""
+
+    def __init__(self, out_dir: Path, experiment: ObjectExperiment, every: int) -> None:
+        self.out_dir, self.experiment, self.every = out_dir, experiment, every
+        self.saved_step = -1
+
+    def _save(self, trainer: L.Trainer, module: ReconstructionSystem) -> None:
+        if trainer.global_step == self.saved_step:
+            return
+        self.saved_step = trainer.global_step
+        trainer.save_checkpoint(self.out_dir / "checkpoints" / "last.ckpt")
+        if trainer.is_global_zero:
+            export_weights(module.model, self.experiment, self.out_dir / "model.safetensors", trainer.global_step)
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: ReconstructionSystem, *args: Any) -> None:
+        if trainer.global_step % self.every == 0:
+            self._save(trainer, module)
+
+    def on_train_end(self, trainer: L.Trainer, module: ReconstructionSystem) -> None:
+        self._save(trainer, module)
+
+
+class PeriodicValidation(Callback):
+    """Every `every` steps: mean PSNR of the fine and coarse renders of `examples` (evaluation protocol)."""
+
+    def __init__(self, examples: list[ViewExample], every: int) -> None:
+        self.examples, self.every = examples, every
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: ReconstructionSystem, *args: Any) -> None:
+        if not self.examples or trainer.global_step % self.every:
+            return
+        module.model.eval()
+        rows = [evaluate_example(module.model, example).row for example in self.examples]
+        module.model.train()
+        for which in ("fine", "coarse"):
+            values = [r[f"psnr_{which}"] for r in rows if r[f"psnr_{which}"] is not None]
+            if values:
+                module.log(f"val/psnr_{which}", sum(values) / len(values), prog_bar=which == "fine",
+                           batch_size=len(values))
+
+
+class ReplicaConsistency(Callback):
+    """In multi-process runs, gathers a checksum of every rank's weights at the end, writes them to
+    `replicas.json` (rank 0) and raises if the replicas differ."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+
+    def on_train_end(self, trainer: L.Trainer, module: ReconstructionSystem) -> None:
+        if trainer.world_size < 2:
+            return
+        checksum = weight_checksum(module.model).to(module.device)
+        gathered = trainer.strategy.all_gather(checksum).cpu()  # (world, 3)
+        in_sync = bool(torch.equal(gathered, gathered[:1].expand_as(gathered)))
+        if trainer.is_global_zero:
+            with atomic_path(self.out_dir / "replicas.json") as tmp:
+                tmp.write_text(json.dumps({"world_size": trainer.world_size, "in_sync": in_sync,
+                                           "checksums": gathered.tolist()}, indent=1) + "\n")
+        if not in_sync:
+            raise RuntimeError(f"replicas diverged: weight checksums per rank {gathered.tolist()}")
+
+
+def weight_checksum(model: torch.nn.Module) -> torch.Tensor:
+    """(3,) float64: Σw, Σw², Σ i·w over all parameters in order (exactly equal for identical weights)."""
+    flat = torch.cat([p.detach().double().flatten().cpu() for p in model.parameters()])
+    index = torch.arange(len(flat), dtype=torch.float64) / len(flat)
+    return torch.stack([flat.sum(), flat.square().sum(), (index * flat).sum()])
+
+
+def export_weights(model: torch.nn.Module, experiment: ObjectExperiment, path: Path, step: int) -> Path:
+    """`model.safetensors`: weights, the model config, and the whole experiment (the training recipe)."""
+    return save_checkpoint(path, model.state_dict(), experiment.kind, to_dict(experiment.model),
+                           extra={"gdensify.experiment": json.dumps(to_dict(experiment)),
+                                  "gdensify.step": str(step)})
+
+
+def _precision(experiment: ObjectExperiment) -> str:
+    p = experiment.train.precision
+    if p != "auto":
+        return {"32": "32-true"}.get(p, p)
+    on_cuda = torch.cuda.is_available() and experiment.train.accelerator != "cpu"
+    return "bf16-mixed" if on_cuda else "32-true"
+
+
+def _loggers(out_dir: Path) -> list:
+    loggers = [CSVLogger(out_dir, name="logs", version="")]
+    try:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(out_dir, name="logs", version="", default_hp_metric=False))
+    except ModuleNotFoundError:  # tensorboard / tensorboardX not installed
+        pass
+    return loggers
+
+
+def fit(experiment: ObjectExperiment, resume: bool = False, progress: bool = True,
+        callbacks: Sequence[Callback] = ()) -> Path:
+    """Train; returns the path of `model.safetensors`. Refuses to start over an existing run unless `resume`.
+    `callbacks` are added to the trainer's own."""
+    cfg = experiment.train
+    out = Path(cfg.out_dir)
+    last = out / "checkpoints" / "last.ckpt"
+    if resume and not last.is_file():
+        raise FileNotFoundError(f"cannot resume: no checkpoint at {last}")
+    if not resume and last.is_file() and os.environ.get("LOCAL_RANK", "0") == "0":
+        raise FileExistsError(f"{out} already holds a run ({last}); pass --resume to continue it or choose another "
+                              f"train.out_dir")
+    out.mkdir(parents=True, exist_ok=True)
+    if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
+        with atomic_path(out / "config.yaml") as tmp:
+            tmp.write_text(dump_yaml(experiment))
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    dataset = experiment.training_dataset()
+    sampler = StepSampler(len(dataset), cfg.batch_size, cfg.max_steps, seed=cfg.seed)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=ViewBatch.collate,
+                        num_workers=cfg.num_workers)
+
+    system = ReconstructionSystem(experiment.build_model(), cfg)
+    trainer = L.Trainer(
+        max_steps=cfg.max_steps, max_epochs=-1, accelerator=cfg.accelerator, devices=cfg.devices,
+        num_nodes=cfg.num_nodes, strategy=cfg.strategy, precision=_precision(experiment),
+        gradient_clip_val=cfg.grad_clip or None, log_every_n_steps=cfg.log_every, logger=_loggers(out),
+        callbacks=[PeriodicCheckpoint(out, experiment, cfg.checkpoint_every),
+                   PeriodicValidation(experiment.validation_examples(), cfg.checkpoint_every),
+                   ReplicaConsistency(out), *callbacks],
+        enable_checkpointing=False, plugins=[AtomicCheckpointIO()], use_distributed_sampler=False,
+        enable_progress_bar=progress, enable_model_summary=False, default_root_dir=out,
+    )
+    sampler.step_source = lambda: trainer.global_step  # iteration starts where the (restored) trainer is
+    trainer.fit(system, loader, ckpt_path=str(last) if resume else None)
+    return out / "model.safetensors"
