@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Idle OpenMP threads sleep instead of spinning: much faster when other processes share the cores (CI, laptops).
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: install demo test bench clean
 

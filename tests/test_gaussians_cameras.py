@@ -84,6 +84,11 @@ def test_ply_errors_and_atomic_write(tmp_path):
             tmp.write_text("partial")
             raise RuntimeError("interrupted")
     assert target.read_text() == "original" and list(tmp_path.glob(".keep.txt*")) == []
+    with atomic_path(tmp_path / "new.txt") as tmp:
+        tmp.write_text("done")
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert (tmp_path / "new.txt").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777  # not mkstemp's 0600
 
 
 def test_sh_basis_is_orthonormal():

@@ -11,14 +11,16 @@ import torch
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """Reconstruct the shipped sample objects with the shipped checkpoint (or render the built-in scene)."""
+    """Reconstruct the shipped samples with the shipped checkpoint (objects, or scenes with --scene), or render the
+    built-in Gaussian scene (--builtin)."""
     if args.builtin:
         return _demo_builtin(args)
-    from .assets import sample_objects, shipped_checkpoint
+    from .assets import sample_data, shipped_checkpoint
 
     start = time.perf_counter()
-    args.checkpoint = args.checkpoint or str(shipped_checkpoint("object"))
-    args.data = args.data or str(sample_objects())
+    kind = "scene" if args.scene else "object"
+    args.checkpoint = args.checkpoint or str(shipped_checkpoint(kind))
+    args.data = args.data or str(sample_data(kind))
     code = _reconstruct(args)
     print(f"demo finished in {time.perf_counter() - start:.1f} s")
     return code
@@ -53,6 +55,10 @@ def _train(args: argparse.Namespace) -> int:
     from .training.experiment import load_experiment
     from .training.fit import fit
 
+    for flag, key in (("devices", "train.devices"), ("num_nodes", "train.num_nodes"), ("strategy", "train.strategy"),
+                      ("accelerator", "train.accelerator")):
+        if getattr(args, flag) is not None:
+            args.overrides.append(f"{key}={getattr(args, flag)}")
     if args.resume:
         stored = Path(args.resume) / "config.yaml"
         if not stored.is_file():
@@ -68,44 +74,60 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace):
+    """The model, its checkpoint and path; `--checkpoint` defaults to the shipped model of `--scene`'s kind."""
     from .assets import shipped_checkpoint
     from .models.loading import load_model
 
-    path = args.checkpoint or shipped_checkpoint("object")
+    path = args.checkpoint or shipped_checkpoint("scene" if getattr(args, "scene", False) else "object")
     model, checkpoint = load_model(path, device=args.device)
     if args.selection:
         model.config.selection.method = args.selection
     return model, checkpoint, path
 
 
+def _workload(args: argparse.Namespace, model, checkpoint):
+    """(examples as (ViewExample, to_output_frame) pairs, their count, the item label, the nearest-input rule)."""
+    from .data import find_blender_objects
+    from .reconstruct import nearest_by_direction, nearest_by_position, object_examples, scene_examples
+    from .training.experiment import experiment_from_checkpoint
+
+    if checkpoint.kind == "scene":
+        data = experiment_from_checkpoint(checkpoint).data
+        examples = list(scene_examples(args.data, args.index, data.image_size, data.near, data.far))
+        return examples, len(examples), "scenes", nearest_by_position
+    total = len(find_blender_objects(args.data))
+    examples = object_examples(args.data, model.config.backbone.image_size, args.inputs)
+    return examples, total, "objects", nearest_by_direction
+
+
+def _report(args: argparse.Namespace, rows, label: str, path, model) -> None:
+    from .evaluation.evaluate import format_table, summarize, write_report
+
+    summary = summarize(rows, label)
+    summary.update({"checkpoint": str(path), "data": str(args.data), "selection": model.config.selection.method})
+    report = write_report(rows, summary, args.out, f"per_{label[:-1]}.csv")
+    print(format_table(rows, summary))
+    print(f"wrote {report} and {Path(args.out) / f'per_{label[:-1]}.csv'}")
+
+
 def _eval(args: argparse.Namespace) -> int:
-    from .data.object_dataset import ObjectEvaluationDataset
-    from .evaluation.evaluate import evaluate, format_table, summarize, write_report
+    from .evaluation.evaluate import evaluate
 
     model, checkpoint, path = _load(args)
-    dataset = ObjectEvaluationDataset(args.data, model.config.backbone.image_size, args.inputs)
-    rows = evaluate(model, (dataset[i] for i in range(len(dataset))), total=len(dataset),
-                    progress=not args.no_progress)
-    summary = summarize(rows, "objects")
-    summary.update({"checkpoint": str(path), "data": str(args.data), "selection": model.config.selection.method})
-    report = write_report(rows, summary, args.out, "per_object.csv")
-    print(format_table(rows, summary))
-    print(f"wrote {report} and {Path(args.out) / 'per_object.csv'}")
+    examples, total, label, _ = _workload(args, model, checkpoint)
+    rows = evaluate(model, (example for example, _ in examples), total=total, progress=not args.no_progress)
+    _report(args, rows, label, path, model)
     return 0
 
 
 def _reconstruct(args: argparse.Namespace) -> int:
-    from .evaluation.evaluate import format_table, summarize, write_report
-    from .reconstruct import reconstruct_objects
+    from .reconstruct import reconstruct_examples
 
     model, checkpoint, path = _load(args)
-    rows = reconstruct_objects(model, args.data, args.out, model.config.backbone.image_size, args.inputs,
-                               progress=not args.no_progress)
-    summary = summarize(rows, "objects")
-    summary.update({"checkpoint": str(path), "data": str(args.data)})
-    write_report(rows, summary, args.out, "per_object.csv")
-    print(format_table(rows, summary))
-    print(f"wrote coarse.ply, fine.ply and comparison.png (input | coarse | GD | truth) per object under {args.out}")
+    examples, total, label, nearest = _workload(args, model, checkpoint)
+    rows = reconstruct_examples(model, examples, args.out, nearest, total, progress=not args.no_progress)
+    _report(args, rows, label, path, model)
+    print(f"per item under {args.out}: coarse.ply, fine.ply and comparison.png (input | coarse | GD | truth)")
     return 0
 
 
@@ -148,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     def model_args(p: argparse.ArgumentParser, out: str) -> None:
         p.add_argument("--checkpoint", default=None, help="model.safetensors (default: the shipped tiny model)")
         p.add_argument("--out", default=out)
-        p.add_argument("--inputs", type=int, default=4, help="input views per object")
+        p.add_argument("--inputs", type=int, default=4, help="objects: input views per object")
+        p.add_argument("--index", default=None,
+                       help="scenes: evaluation index JSON (default: DATA/evaluation_index.json)")
         p.add_argument("--device", default="cpu")
         p.add_argument("--selection", choices=["gradient", "random"], default=None,
                        help="override the checkpoint's selection method (ablation)")
@@ -158,23 +182,29 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", default="tiny", help="preset (tiny, paper) or YAML file")
     train.add_argument("--resume", metavar="RUN_DIR", default=None,
                        help="continue the run in RUN_DIR (its config.yaml; overrides still apply)")
+    train.add_argument("--devices", type=int, default=None, help="processes / GPUs per node (train.devices)")
+    train.add_argument("--num-nodes", type=int, default=None, help="train.num_nodes")
+    train.add_argument("--strategy", default=None, help="Lightning strategy, e.g. ddp (train.strategy)")
+    train.add_argument("--accelerator", choices=["auto", "cpu", "gpu"], default=None, help="train.accelerator")
     train.add_argument("--no-progress", action="store_true")
     train.add_argument("overrides", nargs="*", metavar="key=value")
     train.set_defaults(run=_train)
 
-    evaluate = sub.add_parser("eval", help="PSNR/SSIM (fine and coarse) on Blender-layout objects")
-    evaluate.add_argument("--data", required=True, help="an object folder or a folder of them")
+    data_help = "objects: a Blender-layout object folder or a folder of them; scenes: an RE10K-layout root"
+    evaluate = sub.add_parser("eval", help="PSNR/SSIM (fine and coarse) of a checkpoint on objects or scenes")
+    evaluate.add_argument("--data", required=True, help=data_help)
     model_args(evaluate, "outputs/eval")
     evaluate.set_defaults(run=_eval)
 
-    recon = sub.add_parser("reconstruct", help="objects → coarse.ply, fine.ply and comparison images")
-    recon.add_argument("--data", required=True, help="an object folder or a folder of them")
+    recon = sub.add_parser("reconstruct", help="objects or scenes → coarse.ply, fine.ply and comparison images")
+    recon.add_argument("--data", required=True, help=data_help)
     model_args(recon, "outputs/reconstruct")
     recon.set_defaults(run=_reconstruct)
 
-    demo = sub.add_parser("demo", help="reconstruct the shipped sample objects with the shipped model")
+    demo = sub.add_parser("demo", help="reconstruct the shipped sample objects (or scenes) with the shipped model")
     model_args(demo, "outputs/demo")
-    demo.add_argument("--data", default=None, help="objects to reconstruct (default: the shipped samples)")
+    demo.add_argument("--data", default=None, help="what to reconstruct (default: the shipped samples)")
+    demo.add_argument("--scene", action="store_true", help="the scene-level model and sample scenes")
     demo.add_argument("--builtin", action="store_true",
                       help="instead, render the built-in Gaussian scene (no model) to PNG and .ply")
     demo.add_argument("--gaussians", type=int, default=50_000)

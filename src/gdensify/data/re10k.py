@@ -685,7 +685,10 @@ class RE10KDataset(Dataset):
     def generator(self, item: int) -> torch.Generator:
         return torch.Generator().manual_seed(_mix_seed(self.seed, self.epoch, item))
 
-    def __getitem__(self, item: int) -> SceneExample:
+    def __getitem__(self, item: int | tuple[int, int]) -> SceneExample:
+        """`item`, or in training `(item, example_seed)` (as `gdensify.training.sampling.StepSampler` yields):
+        the views are then drawn from a generator seeded by `example_seed` instead of (seed, epoch, item)."""
+        item, example_seed = item if isinstance(item, tuple) else (item, None)
         if not 0 <= item < len(self.items):
             raise IndexError(item)
         key, entry = self.items[item]
@@ -695,7 +698,8 @@ class RE10KDataset(Dataset):
         for attempt in range(len(self.items)):
             key = self.items[(item + attempt) % len(self.items)][0]
             scene = self.store.scene(key)
-            g = self.generator(item + attempt * len(self.items))
+            g = self.generator(item + attempt * len(self.items)) if example_seed is None else \
+                torch.Generator().manual_seed(_mix_seed(example_seed, attempt, item))
             try:
                 context, target = self.view_sampler.sample(len(scene), g, self.step)
             except ValueError:

@@ -68,10 +68,15 @@ class ObjectGD(nn.Module):
         self.densifier = GenerativeDensifier(config.densifier) if config.densify else None
 
     def parameter_counts(self) -> dict[str, int]:
+        """Parameters per backbone component (`backbone.*`, names of spec §6), of the backbone, the densifier and
+        in total."""
         counts = parameter_counts(self.backbone)
+        out = {f"backbone.{k}": v for k, v in counts.items() if k != "total"}
+        out["backbone"] = counts["total"]
         if self.densifier is not None:
-            counts["densifier"] = sum(p.numel() for p in self.densifier.parameters())
-        return counts
+            out["densifier"] = sum(p.numel() for p in self.densifier.parameters())
+        out["total"] = sum(p.numel() for p in self.parameters())
+        return out
 
     def forward(self, batch: ViewBatch, generator: torch.Generator | None = None) -> Reconstruction:
         cfg = self.config

@@ -19,7 +19,9 @@ class TrainConfig:
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 0.5
-    ssim_weight: float = 0.5
+    ssim_weight: float = 0.5  # loss = MSE + ssim_weight·(1 − MS-SSIM) ...
+    lpips_weight: float = 0.0  # ... or, if > 0 and LPIPS-VGG weights exist locally, MSE + lpips_weight·LPIPS
+    supervise_inputs: bool = True  # also supervise the input views (object GD) or only the targets (MVSplat)
     coarse_weight: float = 1.0
     fine_weight: float = 1.0
     seed: int = 0

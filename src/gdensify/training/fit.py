@@ -32,7 +32,7 @@ from ..config import dump_yaml, to_dict
 from ..data.batch import ViewBatch, ViewExample
 from ..evaluation.evaluate import evaluate_example
 from ..io import atomic_path, save_checkpoint
-from .experiment import ObjectExperiment
+from .experiment import Experiment
 from .sampling import StepSampler
 from .system import ReconstructionSystem
 
@@ -50,7 +50,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class PeriodicCheckpoint(Callback):
     """Every `every` steps and at the end of training: `checkpoints/last.ckpt` and `model.safetensors`."""
 
-    def __init__(self, out_dir: Path, experiment: ObjectExperiment, every: int) -> None:
+    def __init__(self, out_dir: Path, experiment: Experiment, every: int) -> None:
         self.out_dir, self.experiment, self.every = out_dir, experiment, every
         self.saved_step = -1
 
@@ -117,14 +117,14 @@ def weight_checksum(model: torch.nn.Module) -> torch.Tensor:
     return torch.stack([flat.sum(), flat.square().sum(), (index * flat).sum()])
 
 
-def export_weights(model: torch.nn.Module, experiment: ObjectExperiment, path: Path, step: int) -> Path:
+def export_weights(model: torch.nn.Module, experiment: Experiment, path: Path, step: int) -> Path:
     """`model.safetensors`: weights, the model config, and the whole experiment (the training recipe)."""
     return save_checkpoint(path, model.state_dict(), experiment.kind, to_dict(experiment.model),
                            extra={"gdensify.experiment": json.dumps(to_dict(experiment)),
                                   "gdensify.step": str(step)})
 
 
-def _precision(experiment: ObjectExperiment) -> str:
+def _precision(experiment: Experiment) -> str:
     p = experiment.train.precision
     if p != "auto":
         return {"32": "32-true"}.get(p, p)
@@ -143,7 +143,7 @@ def _loggers(out_dir: Path) -> list:
     return loggers
 
 
-def fit(experiment: ObjectExperiment, resume: bool = False, progress: bool = True,
+def fit(experiment: Experiment, resume: bool = False, progress: bool = True,
         callbacks: Sequence[Callback] = ()) -> Path:
     """Train; returns the path of `model.safetensors`. Refuses to start over an existing run unless `resume`.
     `callbacks` are added to the trainer's own."""
@@ -166,7 +166,12 @@ def fit(experiment: ObjectExperiment, resume: bool = False, progress: bool = Tru
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=ViewBatch.collate,
                         num_workers=cfg.num_workers)
 
-    system = ReconstructionSystem(experiment.build_model(), cfg)
+    model = experiment.build_model()
+    if progress and os.environ.get("LOCAL_RANK", "0") == "0":
+        counts = model.parameter_counts()
+        width = max(map(len, counts))
+        print("\n".join(f"  {name:<{width}}  {count:>12,}" for name, count in counts.items()))
+    system = ReconstructionSystem(model, cfg)
     trainer = L.Trainer(
         max_steps=cfg.max_steps, max_epochs=-1, accelerator=cfg.accelerator, devices=cfg.devices,
         num_nodes=cfg.num_nodes, strategy=cfg.strategy, precision=_precision(experiment),

@@ -1,7 +1,10 @@
 """The Lightning module shared by object- and scene-level training: photometric losses on the coarse and the fine
-renders of every supervision view (inputs and targets), AdamW with warm-up, PSNR logging."""
+renders of every supervision view (targets, and inputs unless `supervise_inputs` is off), AdamW with warm-up,
+PSNR logging."""
 
 from __future__ import annotations
+
+import warnings
 
 import lightning as L
 import torch
@@ -9,13 +12,18 @@ from torch import nn
 
 from ..cameras import Cameras
 from ..data.batch import ViewBatch
+from ..evaluation.metrics import load_lpips_vgg, lpips_status
 from .config import TrainConfig
 from .losses import photometric_loss
 from .schedule import adamw_param_groups, warmup_schedule
 
 
-def supervision_views(batch: ViewBatch) -> tuple[list[Cameras], torch.Tensor, torch.Tensor]:
-    """Cameras, backgrounds (B, V, 3) and ground truth (B, V, H, W, 3) of inputs followed by targets."""
+def supervision_views(batch: ViewBatch, include_inputs: bool = True
+                      ) -> tuple[list[Cameras], torch.Tensor, torch.Tensor]:
+    """Cameras, backgrounds (B, V, 3) and ground truth (B, V, H, W, 3) of the inputs (if `include_inputs`)
+    followed by the targets."""
+    if not include_inputs:
+        return batch.target_cameras, batch.target_backgrounds, batch.target_images
     v_in = batch.input_images.shape[1]
     cameras = [Cameras.cat([i, t]) for i, t in zip(batch.input_cameras, batch.target_cameras)]
     backgrounds = torch.cat([batch.input_backgrounds[:, None].expand(-1, v_in, 3), batch.target_backgrounds], 1)
@@ -28,6 +36,15 @@ class ReconstructionSystem(L.LightningModule):
     def __init__(self, model: nn.Module, train: TrainConfig) -> None:
         super().__init__()
         self.model, self.train_config = model, train
+        self._lpips: tuple[nn.Module, ...] = ()  # a tuple keeps the frozen VGG out of state_dict and checkpoints
+
+    def on_fit_start(self) -> None:
+        if self.train_config.lpips_weight > 0:
+            model = load_lpips_vgg(device=self.device)
+            self._lpips = (model,) if model is not None else ()
+            if model is None:
+                warnings.warn(f"LPIPS-VGG weights not found ({lpips_status()}); training with the substitute "
+                              f"loss MSE + {self.train_config.ssim_weight}·(1 − SSIM)")
 
     def step_generator(self) -> torch.Generator:
         """The model's randomness in this step: a pure function of (seed, step, rank), so resumption is exact."""
@@ -40,14 +57,15 @@ class ReconstructionSystem(L.LightningModule):
 
     def training_step(self, batch: ViewBatch, batch_idx: int) -> torch.Tensor:
         cfg = self.train_config
-        cameras, backgrounds, truth = supervision_views(batch)
+        cameras, backgrounds, truth = supervision_views(batch, cfg.supervise_inputs)
         out = self.model(batch, generator=self.step_generator())
         loss = torch.zeros((), device=truth.device)
         for which, weight in (("coarse", cfg.coarse_weight), ("fine", cfg.fine_weight)):
             if which == "fine" and out.fine is None:
                 continue
             render = out.render(cameras, backgrounds, which).clamp(0, 1)
-            term, parts = photometric_loss(render, truth, cfg.ssim_weight)
+            term, parts = photometric_loss(render, truth, cfg.ssim_weight, self._lpips[0] if self._lpips else None,
+                                           cfg.lpips_weight)
             loss = loss + weight * term
             self.log(f"train/psnr_{which}", -10 * torch.log10(parts["mse"]), batch_size=len(batch))
             self.log(f"train/loss_{which}", term.detach(), batch_size=len(batch))

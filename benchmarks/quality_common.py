@@ -1,0 +1,90 @@
+"""Shared by `object_quality.py` and `scene_quality.py`: the quality table (GD fine vs its coarse render, random
+selection, a coarse-only model, the background-only image) and the forward cost of one item per preset, each
+measured in a fresh subprocess (peak memory = VmHWM increase over the forward calls)."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable, Iterable
+
+
+def hwm_mb() -> float:
+    """Peak resident set size of this process so far (MB), from /proc/self/status."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("VmHWM not found in /proc/self/status")
+
+
+def time_forward(model, batch, runs: int) -> dict:
+    """Median eval-mode forward time, peak memory increase and Gaussian counts of one batch."""
+    import torch
+
+    model.eval()
+    before = hwm_mb()
+    times, out = [], None
+    for _ in range(runs):
+        start = time.perf_counter()
+        with torch.no_grad():
+            out = model(batch)
+        times.append(time.perf_counter() - start)
+    return {"params": sum(p.numel() for p in model.parameters()), "seconds": statistics.median(times),
+            "runs": runs, "peak_mb": hwm_mb() - before, "n_coarse": len(out.coarse[0]), "n_fine": len(out.fine[0])}
+
+
+def cost_table(script: str, presets: Iterable[str], runs: dict[str, int], threads: int) -> str:
+    """Runs `script --cost-worker PRESET --runs N` per preset and tabulates its JSON line."""
+    rows = ["| preset | parameters | input | coarse → fine Gaussians | forward (s) | peak memory (MB) |",
+            "|---|---|---|---|---|---|"]
+    for preset in presets:
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        cmd = [sys.executable, script, "--cost-worker", preset, "--runs", str(runs.get(preset, 1))]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if done.returncode != 0:
+            last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "no output"
+            rows.append(f"| {preset} | failed: {last} | | | | |")
+            continue
+        r = json.loads(done.stdout.strip().splitlines()[-1])
+        rows.append(f"| {preset} | {r['params']:,} | {r['input']} | {r['n_coarse']:,} → {r['n_fine']:,} | "
+                    f"{r['seconds']:.2f} (median of {r['runs']}) | {r['peak_mb']:.0f} |")
+    return "\n".join(rows)
+
+
+def quality_table(evaluate_checkpoint: Callable[[str, str | None], dict], gd: str, coarse_only: str | None,
+                  label: str, target: float) -> str:
+    """`evaluate_checkpoint(path, selection)` → a `summarize` dict. Prints GD (gradient / random selection),
+    its coarse render, the coarse-only model and the background-only image."""
+    gradient, random = evaluate_checkpoint(gd, None), evaluate_checkpoint(gd, "random")
+    base = evaluate_checkpoint(coarse_only, None) if coarse_only else None
+
+    def f(v, d=2):
+        return "—" if v is None else f"{v:.{d}f}"
+
+    def n(v):
+        return "—" if v is None else f"{v:,.0f}"
+
+    lines = [f"Held-out {label}: {gradient[f'n_{label}']}; LPIPS: {gradient['lpips_status']}", "",
+             "| model / render | PSNR | SSIM | Gaussians per item |", "|---|---|---|---|",
+             f"| GD, fine (gradient selection) | {f(gradient['psnr_fine'])} | {f(gradient['ssim_fine'], 4)} | "
+             f"{n(gradient['n_fine'])} |",
+             f"| GD, fine (random selection) | {f(random['psnr_fine'])} | {f(random['ssim_fine'], 4)} | "
+             f"{n(random['n_fine'])} |",
+             f"| GD, coarse render (same forward) | {f(gradient['psnr_coarse'])} | {f(gradient['ssim_coarse'], 4)} | "
+             f"{n(gradient['n_coarse'])} |"]
+    if base:
+        lines.append(f"| coarse-only model, same budget | {f(base['psnr_coarse'])} | {f(base['ssim_coarse'], 4)} | "
+                     f"{n(base['n_coarse'])} |")
+    lines.append(f"| background colour only | {f(gradient['psnr_background'])} | — | 0 |")
+    lines += ["", f"GD fine − GD coarse: {gradient['psnr_fine'] - gradient['psnr_coarse']:+.2f} dB "
+              f"(target ≥ +{target}); gradient − random selection: "
+              f"{gradient['psnr_fine'] - random['psnr_fine']:+.2f} dB (target ≥ 0)"]
+    if base:
+        lines[-1] += (f"; GD fine − coarse-only model: {gradient['psnr_fine'] - base['psnr_coarse']:+.2f} dB "
+                      f"(target ≥ +{target})")
+    return "\n".join(lines)

@@ -1,0 +1,88 @@
+"""Scene-level quality and cost benchmark. Prints Markdown tables; asserts nothing.
+
+Quality, on the held-out test split of a generated RE10K-layout dataset (its evaluation index: 2 context views,
+3 targets between them; per-scene mean over targets, then mean over scenes, as MVSplat):
+  * the GD model's fine render with gradient selection, the same model with random selection, and its coarse
+    render (the MVSplat backbone's Gaussians) from the same forward pass;
+  * a coarse-only model (`model.densify=false`, i.e. MVSplat) trained with the same budget;
+  * the trivial image: black everywhere.
+Cost: forward time and peak memory of one scene (2 context views) for the `tiny` (64²) and `paper` (256²) presets
+(random weights) on CPU, each in a fresh subprocess.
+
+    python benchmarks/scene_quality.py --gd outputs/scene_tiny/model.safetensors \\
+        --coarse-only outputs/scene_tiny_coarse/model.safetensors --data data/scenes
+    python benchmarks/scene_quality.py --cost-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from quality_common import cost_table, quality_table, time_forward
+
+
+def cost_worker(preset: str, runs: int) -> dict:
+    import torch
+
+    from gdensify.cameras import Cameras
+    from gdensify.data.batch import ViewBatch, ViewExample
+    from gdensify.models.scene_gd import SceneGD, SceneGDConfig
+
+    torch.manual_seed(0)
+    size = {"tiny": 64, "paper": 256}[preset]
+    c2w = torch.eye(4).repeat(3, 1, 1)
+    c2w[:, 0, 3] = torch.tensor([-0.1, 0.1, 0.0])  # forward-facing, 10 cm baseline
+    cams = Cameras.from_camera_to_world(c2w, torch.tensor([[0.9 * size, 0, size / 2], [0, 0.9 * size, size / 2],
+                                                           [0, 0, 1.0]]).repeat(3, 1, 1), size, size, 1.0, 100.0)
+    g = torch.Generator().manual_seed(0)
+    example = ViewExample(torch.rand(2, size, size, 3, generator=g), cams[:2], torch.rand(1, size, size, 3, generator=g),
+                          cams[2:], torch.zeros(1, 3), "random", torch.zeros(3))
+    model = SceneGD(SceneGDConfig.preset(preset))
+    return dict(time_forward(model, ViewBatch.collate([example]), runs), input=f"2 × {size}²")
+
+
+def evaluate_checkpoint(data: str, limit: int | None):
+    def run(path: str, selection: str | None) -> dict:
+        from gdensify.evaluation.evaluate import evaluate, summarize
+        from gdensify.io import load_checkpoint
+        from gdensify.models.loading import load_model
+        from gdensify.reconstruct import scene_examples
+        from gdensify.training.experiment import experiment_from_checkpoint
+
+        model, _ = load_model(path, "scene")
+        if selection:
+            model.config.selection.method = selection
+        d = experiment_from_checkpoint(load_checkpoint(path)).data
+        examples = [e for e, _ in scene_examples(data, None, d.image_size, d.near, d.far)]
+        examples = examples if limit is None else examples[:limit]
+        return summarize(evaluate(model, examples, total=len(examples), progress=False), "scenes")
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gd", help="GD model.safetensors")
+    parser.add_argument("--coarse-only", help="coarse-only model.safetensors trained with the same budget")
+    parser.add_argument("--data", help="RE10K-layout root with test/ chunks and evaluation_index.json")
+    parser.add_argument("--limit", type=int, default=None, help="at most this many scenes")
+    parser.add_argument("--cost-only", action="store_true")
+    parser.add_argument("--presets", nargs="+", default=["tiny", "paper"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cost-worker", help=argparse.SUPPRESS)
+    parser.add_argument("--runs", type=int, default=1, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.cost_worker:
+        print(json.dumps(cost_worker(args.cost_worker, args.runs)))
+        return
+    if not args.cost_only:
+        if not (args.gd and args.data):
+            parser.error("--gd and --data are needed (or --cost-only)")
+        print(quality_table(evaluate_checkpoint(args.data, args.limit), args.gd, args.coarse_only, "scenes", 0.3))
+        print()
+    print(f"Forward cost of one scene, CPU, {args.threads} threads, random weights:")
+    print(cost_table(__file__, args.presets, {"tiny": 3, "paper": 1}, args.threads))
+
+
+if __name__ == "__main__":
+    main()
