@@ -16,10 +16,7 @@ on CPU, each in a fresh subprocess.
 
 from __future__ import annotations
 
-import argparse
-import json
-
-from quality_common import cost_table, quality_table, time_forward
+from quality_common import main, time_forward
 
 
 def cost_worker(preset: str, runs: int) -> dict:
@@ -54,29 +51,5 @@ def evaluate_checkpoint(data: str, limit: int | None):
     return run
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gd", help="GD model.safetensors")
-    parser.add_argument("--coarse-only", help="coarse-only model.safetensors trained with the same budget")
-    parser.add_argument("--data", help="held-out Blender-layout objects")
-    parser.add_argument("--limit", type=int, default=None, help="at most this many objects")
-    parser.add_argument("--cost-only", action="store_true")
-    parser.add_argument("--presets", nargs="+", default=["tiny", "paper"])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--cost-worker", help=argparse.SUPPRESS)
-    parser.add_argument("--runs", type=int, default=1, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.cost_worker:
-        print(json.dumps(cost_worker(args.cost_worker, args.runs)))
-        return
-    if not args.cost_only:
-        if not (args.gd and args.data):
-            parser.error("--gd and --data are needed (or --cost-only)")
-        print(quality_table(evaluate_checkpoint(args.data, args.limit), args.gd, args.coarse_only, "objects", 0.5))
-        print()
-    print(f"Forward cost of one object, CPU, {args.threads} threads, random weights:")
-    print(cost_table(__file__, args.presets, {"tiny": 3, "paper": 1}, args.threads))
-
-
 if __name__ == "__main__":
-    main()
+    main(__doc__, __file__, cost_worker, evaluate_checkpoint, "objects", 0.5)

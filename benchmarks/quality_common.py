@@ -4,6 +4,7 @@ measured in a fresh subprocess (peak memory = VmHWM increase over the forward ca
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -88,3 +89,30 @@ def quality_table(evaluate_checkpoint: Callable[[str, str | None], dict], gd: st
         lines[-1] += (f"; GD fine − coarse-only model: {gradient['psnr_fine'] - base['psnr_coarse']:+.2f} dB "
                       f"(target ≥ +{target})")
     return "\n".join(lines)
+
+
+def main(doc: str, script: str, cost_worker: Callable[[str, int], dict],
+         evaluate_factory: Callable[[str, int | None], Callable[[str, str | None], dict]], label: str,
+         target: float) -> None:
+    """The command line shared by the two quality benchmarks."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gd", help="GD model.safetensors")
+    parser.add_argument("--coarse-only", help="coarse-only model.safetensors trained with the same budget")
+    parser.add_argument("--data", help="held-out data (see above)")
+    parser.add_argument("--limit", type=int, default=None, help=f"at most this many {label}")
+    parser.add_argument("--cost-only", action="store_true")
+    parser.add_argument("--presets", nargs="+", default=["tiny", "paper"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cost-worker", help=argparse.SUPPRESS)
+    parser.add_argument("--runs", type=int, default=1, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.cost_worker:
+        print(json.dumps(cost_worker(args.cost_worker, args.runs)))
+        return
+    if not args.cost_only:
+        if not (args.gd and args.data):
+            parser.error("--gd and --data are needed (or --cost-only)")
+        print(quality_table(evaluate_factory(args.data, args.limit), args.gd, args.coarse_only, label, target))
+        print()
+    print(f"Forward cost of one item ({label[:-1]}), CPU, {args.threads} threads, random weights:")
+    print(cost_table(script, args.presets, {"tiny": 3, "paper": 1}, args.threads))

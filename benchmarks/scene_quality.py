@@ -16,10 +16,7 @@ Cost: forward time and peak memory of one scene (2 context views) for the `tiny`
 
 from __future__ import annotations
 
-import argparse
-import json
-
-from quality_common import cost_table, quality_table, time_forward
+from quality_common import main, time_forward
 
 
 def cost_worker(preset: str, runs: int) -> dict:
@@ -60,29 +57,5 @@ def evaluate_checkpoint(data: str, limit: int | None):
     return run
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gd", help="GD model.safetensors")
-    parser.add_argument("--coarse-only", help="coarse-only model.safetensors trained with the same budget")
-    parser.add_argument("--data", help="RE10K-layout root with test/ chunks and evaluation_index.json")
-    parser.add_argument("--limit", type=int, default=None, help="at most this many scenes")
-    parser.add_argument("--cost-only", action="store_true")
-    parser.add_argument("--presets", nargs="+", default=["tiny", "paper"])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--cost-worker", help=argparse.SUPPRESS)
-    parser.add_argument("--runs", type=int, default=1, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.cost_worker:
-        print(json.dumps(cost_worker(args.cost_worker, args.runs)))
-        return
-    if not args.cost_only:
-        if not (args.gd and args.data):
-            parser.error("--gd and --data are needed (or --cost-only)")
-        print(quality_table(evaluate_checkpoint(args.data, args.limit), args.gd, args.coarse_only, "scenes", 0.3))
-        print()
-    print(f"Forward cost of one scene, CPU, {args.threads} threads, random weights:")
-    print(cost_table(__file__, args.presets, {"tiny": 3, "paper": 1}, args.threads))
-
-
 if __name__ == "__main__":
-    main()
+    main(__doc__, __file__, cost_worker, evaluate_checkpoint, "scenes", 0.3)

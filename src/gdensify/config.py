@@ -116,14 +116,22 @@ def apply_overrides(config: T, overrides: Sequence[str]) -> T:
     return from_dict(type(config), data)
 
 
-def load_yaml(cls: type[T], path: str | Path) -> T:
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """The top-level mapping of a YAML file (errors name the file)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no config file at {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
-    return from_dict(cls, data)
+    return data
+
+
+def load_yaml(cls: type[T], path: str | Path) -> T:
+    return from_dict(cls, read_yaml_mapping(path))
 
 
 def dump_yaml(config: Any) -> str:

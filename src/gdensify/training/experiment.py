@@ -14,11 +14,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-import yaml
 
 from torch.utils.data import Dataset
 
-from ..config import ConfigError, apply_overrides, from_dict
+from ..config import ConfigError, apply_overrides, from_dict, read_yaml_mapping
 from ..data.batch import ViewExample
 from ..data.re10k import BoundedViewSampler, RE10KDataset
 from ..io import Checkpoint
@@ -192,13 +191,9 @@ def load_experiment(name_or_path: str | os.PathLike, overrides: list[str] | tupl
     if text in PRESETS:
         experiment = experiment_preset(text)
     else:
-        path = Path(text)
-        if not path.is_file():
+        if not Path(text).is_file():
             raise ConfigError(f"--config {text!r} is neither a preset {list(PRESETS)} nor a YAML file")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
-        experiment = experiment_from_dict(data)
+        experiment = experiment_from_dict(read_yaml_mapping(text))
     return apply_overrides(experiment, list(overrides)) if overrides else experiment
 
 
