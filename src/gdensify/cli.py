@@ -74,11 +74,13 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace):
-    """The model, its checkpoint and path; `--checkpoint` defaults to the shipped model of `--scene`'s kind."""
+    """The model, its checkpoint and path. `--checkpoint` defaults to the shipped scene model for `--scene` or an
+    RE10K-layout `--data` (it has `test/index.json`), else to the shipped object model."""
     from .assets import shipped_checkpoint
     from .models.loading import load_model
 
-    path = args.checkpoint or shipped_checkpoint("scene" if getattr(args, "scene", False) else "object")
+    scene_data = args.data is not None and (Path(args.data) / "test" / "index.json").is_file()
+    path = args.checkpoint or shipped_checkpoint("scene" if getattr(args, "scene", False) or scene_data else "object")
     model, checkpoint = load_model(path, device=args.device)
     if args.selection:
         model.config.selection.method = args.selection

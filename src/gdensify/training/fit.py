@@ -82,11 +82,15 @@ class PeriodicValidation(Callback):
         module.model.eval()
         rows = [evaluate_example(module.model, example).row for example in self.examples]
         module.model.train()
+        metrics = {}
         for which in ("fine", "coarse"):
             values = [r[f"psnr_{which}"] for r in rows if r[f"psnr_{which}"] is not None]
             if values:
-                module.log(f"val/psnr_{which}", sum(values) / len(values), prog_bar=which == "fine",
-                           batch_size=len(values))
+                metrics[f"val/psnr_{which}"] = sum(values) / len(values)
+        if trainer.is_global_zero and metrics:
+            for logger in trainer.loggers:  # direct: `module.log` would repeat the value at every later log step
+                logger.log_metrics(metrics, step=trainer.global_step)
+            module.print(f"step {trainer.global_step}: " + ", ".join(f"{k} {v:.2f} dB" for k, v in metrics.items()))
 
 
 class ReplicaConsistency(Callback):
