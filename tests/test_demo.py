@@ -4,6 +4,7 @@ import json
 import shutil
 
 import pytest
+from PIL import Image
 
 from gdensify.assets import sample_data, shipped_checkpoint
 from gdensify.cli import main
@@ -39,3 +40,7 @@ def test_scene_demo(tmp_path, capsys):
     metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     assert metrics["n_scenes"] == 2 and metrics["psnr_fine"] > metrics["psnr_background"]
     assert "PSNR coarse" in capsys.readouterr().out
+    index = json.loads((sample_data("scene") / "evaluation_index.json").read_text())
+    key = sorted(index)[0]
+    with Image.open(tmp_path / "demo" / key / "comparison.png") as image:  # a row per target, 4 px gaps
+        assert image.size == (4 * 64 + 3 * 4, len(index[key]["target"]) * (64 + 4) - 4)

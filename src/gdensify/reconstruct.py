@@ -55,7 +55,8 @@ def comparison_image(example: ViewExample, coarse: torch.Tensor, fine: torch.Ten
                      max_rows: int = 4) -> torch.Tensor:
     """Rows (nearest input | coarse | GD | truth) for up to `max_rows` evenly spaced target views."""
     v = len(example.target_cameras)
-    picks = sorted({round(i * (v - 1) / max(1, max_rows - 1)) for i in range(min(v, max_rows))})
+    rows_shown = min(v, max_rows)
+    picks = sorted({round(i * (v - 1) / max(1, rows_shown - 1)) for i in range(rows_shown)})
     h = example.target_images.shape[1]
     rows = []
     for t in picks:
