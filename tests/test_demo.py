@@ -29,10 +29,12 @@ def test_object_demo_reconstructs_a_shipped_object(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "PSNR fine" in out and "demo finished" in out
     folder = tmp_path / "demo" / first.name
-    assert len(load_ply(folder / "fine.ply")) > len(load_ply(folder / "coarse.ply")) > 0
-    assert (folder / "comparison.png").is_file()
     metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     assert metrics["n_objects"] == 1 and metrics["psnr_fine"] > metrics["psnr_background"]
+    # the fine set: the visible (opacity > 0.005) non-selected coarse Gaussians and the densifier's leaves
+    assert len(load_ply(folder / "coarse.ply")) == metrics["n_coarse"] == 32**3
+    assert len(load_ply(folder / "fine.ply")) == metrics["n_fine"] > 0
+    assert (folder / "comparison.png").is_file()
 
 
 def test_scene_demo(tmp_path, capsys):
