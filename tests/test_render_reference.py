@@ -10,6 +10,8 @@ import torch
 
 from gdensify.render import _reference, composite_reference
 
+from screen_gaussians import random_ellipses
+
 TILE = 16
 
 
@@ -19,19 +21,7 @@ def make_scene(num_cams, n, width, height, seed=0, sigma=(1.5, 5.0), opacity=(0.
     """Random screen-space Gaussians: means2d (pixels), conics from random SPD Σ₂D (+0.3 I), radii by the 3σ rule."""
     gen = torch.Generator().manual_seed(seed)
     rand = lambda *s: torch.rand(*s, generator=gen, dtype=dtype)  # noqa: E731
-    means2d = torch.stack([rand(num_cams, n) * (width + 2 * margin) - margin,
-                           rand(num_cams, n) * (height + 2 * margin) - margin], dim=-1)
-    s1 = sigma[0] + (sigma[1] - sigma[0]) * rand(num_cams, n)
-    s2 = sigma[0] + (sigma[1] - sigma[0]) * rand(num_cams, n)
-    theta = rand(num_cams, n) * math.pi
-    cos, sin = torch.cos(theta), torch.sin(theta)
-    a = cos**2 * s1**2 + sin**2 * s2**2 + 0.3
-    c = sin**2 * s1**2 + cos**2 * s2**2 + 0.3
-    b = cos * sin * (s1**2 - s2**2)
-    det = a * c - b * b
-    conics = torch.stack([c / det, -b / det, a / det], dim=-1)
-    lam = 0.5 * (a + c) + torch.sqrt((0.25 * (a - c) ** 2 + b * b))
-    radii = torch.ceil(3 * torch.sqrt(lam)).to(torch.int32)
+    means2d, conics, radii = random_ellipses(rand, num_cams, n, width, height, sigma, margin)
     colors = rand(num_cams, n, 3)
     opacities = opacity[0] + (opacity[1] - opacity[0]) * rand(num_cams, n)
     depths = 1.0 + 4.0 * rand(num_cams, n)

@@ -48,6 +48,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .projection import check_composite_inputs
+
 _SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "rasterize.cpp"
 _lock = threading.Lock()
 # Stage timings (seconds) of the latest call, for profiling: pack_s, bin_s (depth sort + tile lists), forward_s
@@ -247,12 +249,6 @@ def composite_cpu(
     (black); returns image = Σ w·colour + T·background, alpha = 1 − T, depth = Σ w·z. Differentiable w.r.t.
     means2d, conics, colors, opacities, depths and background; after backward, `means2d.absgrad` (C, N, 2) holds
     Σ_pixels |per-pixel dL/dmean2d| (pixel units). float32 or float64."""
-    num_cams, n = radii.shape
-    for name, x, shape in (("means2d", means2d, (num_cams, n, 2)), ("conics", conics, (num_cams, n, 3)),
-                           ("colors", colors, (num_cams, n, 3)), ("opacities", opacities, (num_cams, n)),
-                           ("depths", depths, (num_cams, n))):
-        if tuple(x.shape) != shape:
-            raise ValueError(f"composite_cpu: {name} must have shape {shape}, got {tuple(x.shape)}")
     tensors = {"means2d": means2d, "conics": conics, "colors": colors, "opacities": opacities, "depths": depths,
                "radii": radii}
     if background is not None:
@@ -269,12 +265,7 @@ def composite_cpu(
             raise ValueError(f"composite_cpu: {name} is {tensors[name].dtype} but means2d is {dtype}")
     if int(width) <= 0 or int(height) <= 0:
         raise ValueError(f"composite_cpu: image size must be positive, got {width}x{height}")
-    if background is None:
-        background = means2d.new_zeros(num_cams, 3)
-    elif tuple(background.shape) == (3,):
-        background = background[None].expand(num_cams, 3)
-    elif tuple(background.shape) != (num_cams, 3):
-        raise ValueError(f"composite_cpu: background must be (3,) or ({num_cams}, 3), got {tuple(background.shape)}")
-    background = background.to(dtype)
+    background = check_composite_inputs("composite_cpu", means2d, conics, colors, opacities, depths, radii,
+                                        background)
     return _CompositeCPU.apply(means2d, conics, colors, opacities, depths, background, radii, int(width),
                                int(height))

@@ -23,7 +23,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .projection import TILE_SIZE, tile_rect
+from .projection import TILE_SIZE, check_composite_inputs, tile_rect
 
 ALPHA_MIN = 1.0 / 255.0  # α below this: the pair is skipped
 ALPHA_MAX = 0.99  # α is clamped here (zero derivative where the clamp is active)
@@ -279,19 +279,7 @@ def composite_reference(
     background; after backward, `means2d.absgrad` (C, N, 2) holds Σ_pixels |per-pixel dL/dmean2d| (pixel units).
     `max_pairs` bounds the (pixel, Gaussian) pairs evaluated per step (memory ≈ 30 floats per pair in backward).
     """
-    num_cams, n = radii.shape
-    for name, x, shape in (("means2d", means2d, (num_cams, n, 2)), ("conics", conics, (num_cams, n, 3)),
-                           ("colors", colors, (num_cams, n, 3)), ("opacities", opacities, (num_cams, n)),
-                           ("depths", depths, (num_cams, n))):
-        if tuple(x.shape) != shape:
-            raise ValueError(f"composite_reference: {name} must have shape {shape}, got {tuple(x.shape)}")
-    if background is None:
-        background = means2d.new_zeros(num_cams, 3)
-    elif background.shape == (3,):
-        background = background[None].expand(num_cams, 3)
-    elif tuple(background.shape) != (num_cams, 3):
-        raise ValueError(f"composite_reference: background must be (3,) or ({num_cams}, 3), "
-                         f"got {tuple(background.shape)}")
-    background = background.to(means2d.dtype)
+    background = check_composite_inputs("composite_reference", means2d, conics, colors, opacities, depths, radii,
+                                        background)
     return _Composite.apply(means2d, conics, colors, opacities, depths, background, radii, int(width), int(height),
                             int(max_pairs))

@@ -133,3 +133,22 @@ def project(gaussians: Gaussians, cameras: Cameras, sh_degree: int | None = None
     colors = eval_sh(sh_degree, gaussians.sh[None].expand(num_cams, -1, -1, -1), dirs)
     opacities = gaussians.opacities[None].expand(num_cams, n)
     return Projection(means2d, conics, z, radii, colors, opacities)
+
+
+def check_composite_inputs(caller: str, means2d: Tensor, conics: Tensor, colors: Tensor, opacities: Tensor,
+                           depths: Tensor, radii: Tensor, background: Tensor | None) -> Tensor:
+    """Shape checks shared by the compositing backends; returns the background as (C, 3) in means2d's dtype
+    (`None` → black, (3,) → the same colour for every camera)."""
+    num_cams, n = radii.shape
+    for name, x, shape in (("means2d", means2d, (num_cams, n, 2)), ("conics", conics, (num_cams, n, 3)),
+                           ("colors", colors, (num_cams, n, 3)), ("opacities", opacities, (num_cams, n)),
+                           ("depths", depths, (num_cams, n))):
+        if tuple(x.shape) != shape:
+            raise ValueError(f"{caller}: {name} must have shape {shape}, got {tuple(x.shape)}")
+    if background is None:
+        return means2d.new_zeros(num_cams, 3)
+    if tuple(background.shape) == (3,):
+        background = background[None].expand(num_cams, 3)
+    elif tuple(background.shape) != (num_cams, 3):
+        raise ValueError(f"{caller}: background must be (3,) or ({num_cams}, 3), got {tuple(background.shape)}")
+    return background.to(means2d.dtype)
