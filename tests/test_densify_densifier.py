@@ -131,6 +131,33 @@ def test_every_parameter_gets_a_gradient(variant):
     assert f.grad is not None
 
 
+def test_initial_attributes_start_the_residual_sum():
+    torch.manual_seed(2)
+    residual = {"mask": "softmax", "head_before_split": True, "residual_attributes": True}
+    model = GenerativeDensifier(_tiny(**residual)).train()
+    n, width = 80, model.layers[0].head.num_outputs
+    x, f, b = _surface_points(n, seed=8), torch.randn(n, 32), torch.zeros(n, dtype=torch.long)
+    initial = torch.randn(n, width, requires_grad=True)
+    with torch.no_grad():
+        plain = model(x, f, b, generator=torch.Generator().manual_seed(0))
+    res = model(x, f, b, generator=torch.Generator().manual_seed(0), initial_attributes=initial)
+    # the heads' corrections are the same; every leaf adds its ancestor's initial attributes
+    torch.testing.assert_close(res.attributes, plain.attributes + initial[res.parent], rtol=1e-5, atol=1e-5)
+    res.attributes.sum().backward()
+    torch.testing.assert_close(initial.grad, torch.bincount(res.parent, minlength=n)[:, None].float().expand(n, width))
+    model.zero_init_heads()
+    with torch.no_grad():
+        copies = model(x, f, b, generator=torch.Generator().manual_seed(0), initial_attributes=initial)
+    assert torch.equal(copies.attributes, initial.detach()[copies.parent])  # every leaf is a copy of its parent
+
+    with pytest.raises(ValueError, match=r"initial_attributes must have shape \(80, 20\)"):
+        model(x, f, b, initial_attributes=torch.zeros(n, width - 1))
+    with pytest.raises(ValueError, match="initial_attributes contain NaN"):
+        model(x, f, b, initial_attributes=torch.full((n, width), float("nan")))
+    with pytest.raises(ValueError, match="residual_attributes=True"):
+        GenerativeDensifier(_tiny())(x, f, b, initial_attributes=torch.zeros(n, width))
+
+
 def test_evaluation_is_deterministic_and_training_follows_the_generator():
     model = GenerativeDensifier(_tiny())
     x, f = _surface_points(150, seed=6), torch.randn(150, 32)

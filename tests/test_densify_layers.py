@@ -1,4 +1,5 @@
-"""UP / SPLIT / HEAD layers: bounds, encoding layout, straight-through estimator, per-object top ratio."""
+"""UP / SPLIT / HEAD layers: bounds, encoding layout, straight-through estimator, per-object top ratio; the
+opacity split between coincident copies."""
 
 import math
 
@@ -8,7 +9,7 @@ import torch
 from gdensify.densify._ops import keep_counts, rank_within_segments, segment_mean, segment_softmax, top_ratio_mask
 from gdensify.densify.layers import (
     FINE_LOG_SCALE_SHIFT, OPACITY_SHIFT, GaussianHead, LearnableMask, Upsample, attributes_to_gaussians,
-    positional_encoding, straight_through,
+    positional_encoding, split_opacity_logits, straight_through,
 )
 
 
@@ -140,3 +141,18 @@ def test_upsample_factored_delta_f_equals_the_direct_formula(adaptive):
     h = torch.cat([pe, f.repeat_interleave(3, 0)], dim=1)
     ref = up.delta_f[1](up.delta_f[0](h, b_rep, g if adaptive else None))
     torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-9)
+
+
+def test_split_opacity_copies_compose_to_the_original():
+    logits = torch.tensor([-30.0, -4.0, -0.5, 0.0, 1.5, 6.0, 20.0], dtype=torch.float64)
+    for n in (1, 2, 3, 7):
+        copies = torch.full_like(logits, n, dtype=torch.long)
+        split = split_opacity_logits(logits, copies)
+        assert torch.isfinite(split).all()
+        composed = 1 - (1 - torch.sigmoid(split)) ** n  # n coincident copies at their centres
+        torch.testing.assert_close(composed, torch.sigmoid(logits), rtol=1e-9, atol=1e-12)
+        if n > 1:
+            assert (split[1:] < logits[1:]).all()  # each copy is more transparent than the original
+    x = torch.tensor([0.3, -2.0], requires_grad=True)
+    split_opacity_logits(x, torch.tensor([4, 2])).sum().backward()
+    assert torch.isfinite(x.grad).all() and (x.grad > 0).all()

@@ -1,10 +1,13 @@
 """Scene-level GD (MVSplat-style backbone + view conditioning + per-view densifier): sizes, the conditioning
-tokens, forward/backward of the tiny preset, the coarse-only baseline, determinism and input errors."""
+tokens, forward/backward of the tiny preset, leaves initialised from their parents, the coarse-only baseline,
+determinism and input errors."""
 
+import dataclasses
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gdensify.cameras import Cameras, look_at
 from gdensify.config import from_dict, to_dict
@@ -13,6 +16,7 @@ from gdensify.densify import DensifierConfig, GenerativeDensifier
 from gdensify.gaussians import Gaussians
 from gdensify.io import save_checkpoint
 from gdensify.models.loading import load_model
+from gdensify.models import scene_gd
 from gdensify.models.mvsplat import MVSplatBackbone, MVSplatConfig
 from gdensify.models.scene_gd import SceneGD, SceneGDConfig, view_tokens
 from gdensify.render import rasterize
@@ -164,3 +168,54 @@ def test_bad_inputs_raise_clear_errors():
         SceneGDConfig(backbone=MVSplatConfig.tiny(), densifier=DensifierConfig.preset("tiny"))
     with pytest.raises(ValueError, match="unknown scene model preset"):
         SceneGDConfig.preset("huge")
+
+
+def test_leaves_start_as_copies_of_their_parents(monkeypatch):
+    """leaf_init="parent": before training, each leaf has its selected parent's SH, orientation and scale factor,
+    its parent's leaves together are exactly as opaque as the parent at their centres, and the fine render is
+    close to the coarse one."""
+    torch.manual_seed(0)
+    config = SceneGDConfig.preset("tiny")
+    assert config.leaf_init == "parent"
+    model = SceneGD(config).eval()
+    captured = {}
+    select = scene_gd.select_gaussians
+    monkeypatch.setattr(scene_gd, "select_gaussians", lambda *a, **k: captured.setdefault("selection", select(*a, **k)))
+    activate = model._activate_fine
+    monkeypatch.setattr(model, "_activate_fine", lambda r, c: captured.setdefault("leaves", (r, activate(r, c)))[1])
+    batch = scene_batch(scenes=1)
+    with torch.no_grad():
+        out = model(batch)
+    result, leaves = captured["leaves"]
+    parents = out.coarse[0][captured["selection"].index[result.parent]]
+    torch.testing.assert_close(leaves.sh, parents.sh)
+    torch.testing.assert_close(F.normalize(leaves.quats, dim=-1), F.normalize(parents.quats, dim=-1))
+    centres = batch.input_cameras[0].centers[result.batch]  # object = view of scene 0
+    # MVSplat's scale is proportional to the distance to the camera; a leaf sits within 0.007 of its parent
+    distance_ratio = (leaves.means - centres).norm(dim=-1) / (parents.means - centres).norm(dim=-1)
+    assert (leaves.means - parents.means).norm(dim=-1).max() < 0.01
+    torch.testing.assert_close(leaves.log_scales - parents.log_scales, distance_ratio.log()[:, None].expand(-1, 3),
+                               atol=1e-5, rtol=1e-4)
+    selected = out.coarse[0][captured["selection"].index]
+    transmittance = torch.zeros(len(selected)).index_add_(0, result.parent, F.logsigmoid(-leaves.opacity_logits))
+    torch.testing.assert_close(transmittance.exp(), torch.sigmoid(-selected.opacity_logits), atol=1e-6, rtol=1e-5)
+    cameras, backgrounds = batch.target_cameras, batch.target_backgrounds
+    fine, coarse = out.render(cameras, backgrounds, "fine"), out.render(cameras, backgrounds, "coarse")
+    zero_config = dataclasses.replace(config, leaf_init="zero")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        from_scratch = SceneGD(zero_config).eval()(batch).render(cameras, backgrounds, "fine")
+    error, scratch_error = (fine - coarse).square().mean(), (from_scratch - coarse).square().mean()
+    print(f"fine vs coarse MSE at initialisation: parent {error:.2e}, zero {scratch_error:.2e}")
+    assert error < 0.1 * scratch_error
+
+
+def test_leaf_init_needs_a_residual_densifier():
+    with pytest.raises(ValueError, match="leaf_init must be"):
+        dataclasses.replace(SceneGDConfig.preset("tiny"), leaf_init="child")
+    tiny = SceneGDConfig.preset("tiny")
+    with pytest.raises(ValueError, match="residual_attributes"):
+        dataclasses.replace(tiny, densifier=tiny.densifier.replace(residual_attributes=False))
+    with pytest.raises(ValueError, match="sh_degree"):
+        dataclasses.replace(tiny, densifier=tiny.densifier.replace(sh_degree=1))
+    assert SceneGDConfig.preset("paper").leaf_init == "zero"  # the release's behaviour

@@ -128,20 +128,39 @@ class GenerativeDensifier(nn.Module):
             raise ValueError(f"num_objects={num_objects} but batch holds index {b - 1}")
         return int(num_objects)
 
+    def _check_initial_attributes(self, attributes: Tensor, n: int) -> None:
+        cfg = self.config
+        if not (cfg.residual_attributes and cfg.head_before_split):
+            raise ValueError("initial_attributes need a densifier with residual_attributes=True and "
+                             "head_before_split=True (the attributes are summed down the layers)")
+        width = 3 * (cfg.sh_degree + 1) ** 2 + 8
+        if not isinstance(attributes, Tensor) or attributes.shape != (n, width):
+            raise ValueError(f"initial_attributes must have shape ({n}, {width}) for SH degree {cfg.sh_degree}, "
+                             f"got {tuple(getattr(attributes, 'shape', ()))}")
+        if not torch.isfinite(attributes).all():
+            raise ValueError("initial_attributes contain NaN or Inf")
+
     # ------------------------------------------------------------------ forward
     def forward(self, coords: Float[Tensor, "N 3"], features: Float[Tensor, "N C"], batch: Int[Tensor, " N"],
-                num_objects: int | None = None, generator: torch.Generator | None = None) -> DensifierResult:
+                num_objects: int | None = None, generator: torch.Generator | None = None,
+                initial_attributes: Float[Tensor, "N A"] | None = None) -> DensifierResult:
         """Densify N selected points of B objects. `generator` drives the curve shuffle and drop-path in training;
-        in evaluation mode the output is deterministic (no shuffle unless ``shuffle_orders_eval``)."""
+        in evaluation mode the output is deterministic (no shuffle unless ``shuffle_orders_eval``).
+
+        `initial_attributes` (raw, in the HEAD's layout) start the residual sum, so that every leaf's attributes
+        are its selected ancestor's plus the heads' corrections; it needs ``residual_attributes`` and
+        ``head_before_split``. Without it the sum starts at zero."""
         cfg = self.config
         B = self._check_inputs(coords, features, batch, num_objects)
+        if initial_attributes is not None:
+            self._check_initial_attributes(initial_attributes, coords.shape[0])
         batch = batch.long()
         global_feat = segment_mean(features, batch, B) if cfg.norm == "adaptive" else None
         feat = features if self.embed is None else self.embed(features)
         coord = coords * cfg.coord_scale
         grid = cfg.grid_size * cfg.coord_scale
         origin = torch.arange(coords.shape[0], device=coords.device)
-        attr: Tensor | None = None
+        attr = initial_attributes
         shuffle = cfg.shuffle_orders and (self.training or cfg.shuffle_orders_eval)
         out_coord, out_attr, out_batch, out_origin, out_layer, stats = [], [], [], [], [], []
 
@@ -193,6 +212,13 @@ class GenerativeDensifier(nn.Module):
                                             cfg.log_scale_shift)
         return DensifierResult(gaussians, take(all_batch, order), take(torch.cat(out_layer), order),
                                take(torch.cat(out_origin), order), attributes, B, stats)
+
+    def zero_init_heads(self) -> None:
+        """Zero the last linear layer of every HEAD: the heads' corrections start at exactly zero (used with
+        `initial_attributes`, so that every leaf starts as a copy of its ancestor)."""
+        for layer in self.layers:
+            nn.init.zeros_(layer.head.feat2attr[-1].weight)
+            nn.init.zeros_(layer.head.feat2attr[-1].bias)
 
     # ------------------------------------------------------------------ released checkpoints
     @staticmethod

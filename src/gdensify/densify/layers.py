@@ -185,3 +185,10 @@ def attributes_to_gaussians(means: Tensor, attributes: Tensor, sh_degree: int,
     sh = a[:, : 3 * k].reshape(n, k, 3)
     return Gaussians(means=means, quats=a[:, 3 * k + 4: 3 * k + 8], log_scales=a[:, 3 * k + 1: 3 * k + 4] +
                      log_scale_shift, opacity_logits=a[:, 3 * k] + opacity_shift, sh=sh)
+
+
+def split_opacity_logits(logits: Float[Tensor, " N"], copies: Tensor) -> Float[Tensor, " N"]:
+    """Opacity logit of one of n coincident copies that together are as opaque as the original:
+    1 − (1 − σ(out))^n = σ(logits), i.e. −log(1 − σ(out)) = softplus(logits)/n. `copies` (N,) ≥ 1."""
+    x = torch.nn.functional.softplus(logits) / copies.to(logits.dtype)
+    return torch.log((-torch.expm1(-x)).clamp_min(torch.finfo(logits.dtype).tiny)) + x

@@ -213,13 +213,17 @@ class MVSplatOutput:
     """Per-pixel coarse Gaussians of every context view, batched, plus what GD needs (§3b).
 
     Gaussian fields are raw in the library's convention (quaternion wxyz unnormalised, log-scales, opacity logits,
-    SH (K, 3) in world axes). The flat order of a scene's Gaussians is (view, row, column)."""
+    SH (K, 3) in world axes). `raw_attributes` holds the same Gaussians before the adapter, in the layout of the
+    densifier's HEAD (`densify.layers.GaussianHead`): SH (unmasked, camera axes, index k·3 + channel), the opacity
+    logit, the raw scales (before sigmoid) and the raw camera-frame quaternion; `activate_attributes` maps the last
+    three parts to world space. The flat order of a scene's Gaussians is (view, row, column)."""
 
     means: Float[Tensor, "B V H W 3"]
     quats: Float[Tensor, "B V H W 4"]
     log_scales: Float[Tensor, "B V H W 3"]
     opacity_logits: Float[Tensor, "B V H W"]
     sh: Float[Tensor, "B V H W K 3"]
+    raw_attributes: Float[Tensor, "B V H W A"]  # pre-activation [SH | opacity logit | scale | quaternion], A = 3K + 8
     features: Float[Tensor, "B V H W F"]  # Gaussian-head input (GD's per-Gaussian feature)
     depth: Float[Tensor, "B V H W"]  # in [near, far]; distance along the unit ray ("ray") or camera z ("z")
     confidence: Float[Tensor, "B V H W"]  # max softmax probability over depth candidates (nearest up-sampled)
@@ -584,8 +588,9 @@ class MVSplatBackbone(nn.Module):
         log_scales, quats, sh = adapt_attributes(
             raw_scales, raw_quats, raw_sh.reshape(b, v, h, w, cfg.num_sh, 3), depth, c2w[:, :, None, None],
             intr[:, :, None, None], cfg.scale_min, cfg.scale_max, cfg.scale_multiplier)
+        raw_attributes = torch.cat([raw_sh, raw_density[..., None], raw_scales, raw_quats], dim=-1)
         return {"means": means, "quats": quats, "log_scales": log_scales, "opacity_logits": raw_density,
-                "sh": sh, "pixel_xy": xy}
+                "sh": sh, "raw_attributes": raw_attributes, "pixel_xy": xy}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -14,11 +14,17 @@ Per batch of B scenes with V context views each:
    `width` by the attention's key/value projections); the attended vector goes through a second MLP and is
    concatenated with the projected feature → the densifier's 2·`width`-D (320) input;
 4. densifier, run separately for each context view: densifier object index = b·V + v, so per-view keep ratios
-   and serialization anchors apply per view;
+   and serialization anchors apply per view. With ``leaf_init="parent"`` (our addition; the `tiny` preset) the
+   residual attributes start from the selected Gaussian's own pre-activation attributes
+   (`MVSplatOutput.raw_attributes`) and the heads' last layers start at zero, so every leaf begins as a copy of
+   its parent; with ``"zero"`` (the release) they start from zero and the leaves are learned from scratch;
 5. fine attributes are activated as MVSplat's adapter does (as the release does): scale =
    (0.5 + 14.5·sigmoid(raw))·‖mean − centre of the view's camera‖·0.1·pixel footprint, the quaternion and the
    SH (masked 1, 0.1·0.25^l) are rotated from that camera's axes to world, opacity = sigmoid(raw + the
-   densifier's `opacity_shift`, 0 in `paper_scene`). The densifier's own `log_scale_shift` is therefore unused;
+   densifier's `opacity_shift`, 0 in `paper_scene`). The densifier's own `log_scale_shift` is therefore unused.
+   With ``leaf_init="parent"`` the n leaves of one parent split its opacity: each gets 1 − (1 − σ(raw))^(1/n)
+   (`split_opacity_logits`), so that at initialisation the n near-coincident copies are, at their centres, exactly
+   as opaque as the parent, and the fine render starts close to the coarse one;
 6. final set per view = every layer's leaves ∪ the view's non-selected coarse Gaussians; a scene's set is its
    views' sets concatenated (view order).
 With `densify=False` the model is the coarse-only baseline (MVSplat; step 1 only).
@@ -33,7 +39,8 @@ Differences from the release (`stnamjef/GenerativeDensification`, branch `scene`
   the release divides by the raw z;
 - selection candidates need opacity > 0.005 (`SelectionConfig.min_opacity`); the release ranks all Gaussians;
 - the `paper_scene` densifier uses the paper's global adaptive normalization (`DensifierConfig.norm`); the released
-  scene decoder's norms are plain LayerNorms (pass `norm="layernorm"` to reproduce it).
+  scene decoder's norms are plain LayerNorms (pass `norm="layernorm"` to reproduce it);
+- ``leaf_init="parent"`` (steps 4–5) is ours and off in the `paper` preset.
 
 Parameters of the `paper` preset: backbone 11,955,734 + conditioning 157,600 + densifier 17,745,051 = 29,858,385;
 with `norm="layernorm"` the densifier has 15,686,157 and the total is 27,799,491, the paper's "27.8 M".
@@ -43,6 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -51,7 +59,8 @@ from torch import Tensor, nn
 
 from ..cameras import Cameras
 from ..data.batch import ViewBatch
-from ..densify import DensifierConfig, DensifierResult, GenerativeDensifier, attributes_to_gaussians, merge_with_coarse
+from ..densify import (DensifierConfig, DensifierResult, GenerativeDensifier, attributes_to_gaussians,
+                       merge_with_coarse, split_opacity_logits)
 from ..densify.selection import SelectionConfig, select_gaussians
 from ..gaussians import Gaussians
 from ..render import rasterize
@@ -81,11 +90,22 @@ class SceneGDConfig:
     densifier: DensifierConfig = field(default_factory=lambda: DensifierConfig.preset("paper_scene"))
     selection: SelectionConfig = field(default_factory=lambda: SelectionConfig.preset("released_scene"))
     densify: bool = True  # False: the coarse-only baseline (MVSplat)
+    leaf_init: Literal["zero", "parent"] = "zero"  # residual attributes start at zero (release) or at the parent
     render_backend: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.leaf_init not in ("zero", "parent"):
+            raise ValueError(f"leaf_init must be 'zero' or 'parent', got {self.leaf_init!r}")
         if not self.densify:
             return
+        if self.leaf_init == "parent":
+            d = self.densifier
+            if not (d.residual_attributes and d.head_before_split):
+                raise ValueError("leaf_init='parent' needs densifier.residual_attributes=true and "
+                                 "densifier.head_before_split=true")
+            if d.sh_degree != self.backbone.sh_degree:
+                raise ValueError(f"leaf_init='parent' needs densifier.sh_degree ({d.sh_degree}) equal to "
+                                 f"backbone.sh_degree ({self.backbone.sh_degree})")
         if self.densifier.in_channels != 2 * self.conditioning.width:
             raise ValueError(f"densifier.in_channels ({self.densifier.in_channels}) must equal 2·conditioning.width "
                              f"({2 * self.conditioning.width})")
@@ -97,7 +117,8 @@ class SceneGDConfig:
         """`paper`: MVSplat's RE10K backbone, the released scene decoder (320/256/128, factors 2/2/2, keep
         0.5/0.8/1.0), K = 30,000 per view, 160-wide conditioning with 16 heads (256² inputs).
         `tiny`: the tiny backbone, a 3-layer 64/48/32 decoder and K = 512 per view (1/8 of a 64² view); grid
-        0.04 (4× the paper's 0.01 for 4× larger pixels); trains on 2 CPU cores."""
+        0.04 (4× the paper's 0.01 for 4× larger pixels); leaves start from their parents
+        (``leaf_init="parent"``); trains on 2 CPU cores."""
         if name == "paper":
             return SceneGDConfig()
         if name == "tiny":
@@ -107,7 +128,7 @@ class SceneGDConfig:
                 "paper_scene", in_channels=2 * conditioning.width, channels=(64, 48, 32), num_blocks=(1, 1, 1),
                 patch_size=16, mlp_ratio=2.0, drop_path=0.1, grid_size=0.04, sh_degree=backbone.sh_degree)
             return SceneGDConfig(backbone, conditioning, densifier,
-                                 SelectionConfig.preset("released_scene", k=512))
+                                 SelectionConfig.preset("released_scene", k=512), leaf_init="parent")
         raise ValueError(f"unknown scene model preset {name!r}; expected 'paper' or 'tiny'")
 
 
@@ -173,6 +194,8 @@ class SceneGD(nn.Module):
         if config.densify:
             self.conditioning = ViewConditioning(config.backbone.feature_dim, config.conditioning)
             self.densifier = GenerativeDensifier(config.densifier)
+            if config.leaf_init == "parent":
+                self.densifier.zero_init_heads()
         else:
             self.conditioning = self.densifier = None
 
@@ -211,8 +234,14 @@ class SceneGD(nn.Module):
             tokens[rows] = view_tokens(gaussians.means[index[rows]], batch.input_cameras[i], images[i],
                                        coarse_sets[i], batch.input_backgrounds[i], cfg.render_backend)
         features = coarse.features.reshape(b * per_scene, -1)[index]
+        initial = None
+        if cfg.leaf_init == "parent":
+            initial = coarse.raw_attributes.reshape(b * per_scene, -1)[index]
+            opacity = 3 * cfg.backbone.num_sh  # the opacity column; the densifier adds its opacity_shift back
+            initial = torch.cat([initial[:, :opacity], initial[:, opacity:opacity + 1] - cfg.densifier.opacity_shift,
+                                 initial[:, opacity + 1:]], dim=-1)
         result = self.densifier(gaussians.means[index], self.conditioning(features, tokens), view[index],
-                                num_objects=b * v, generator=generator)
+                                num_objects=b * v, generator=generator, initial_attributes=initial)
         result = dataclasses.replace(result, gaussians=self._activate_fine(result, batch.input_cameras))
         merged, owner = merge_with_coarse(gaussians, view, index, result, num_objects=b * v)
         owner_scene = torch.div(owner, v, rounding_mode="floor")
@@ -230,6 +259,9 @@ class SceneGD(nn.Module):
         dcfg = self.config.densifier
         raw = attributes_to_gaussians(result.gaussians.means, result.attributes, dcfg.sh_degree,
                                       opacity_shift=dcfg.opacity_shift, log_scale_shift=0.0)
+        if self.config.leaf_init == "parent":
+            leaves = torch.bincount(result.parent)[result.parent]  # leaves of each fine Gaussian's parent
+            raw = dataclasses.replace(raw, opacity_logits=split_opacity_logits(raw.opacity_logits, leaves))
         views = len(cameras[0])
         parts = []
         start = 0
