@@ -58,7 +58,7 @@ class PeriodicCheckpoint(Callback):
         if trainer.global_step == self.saved_step:
             return
         self.saved_step = trainer.global_step
-        trainer.save_checkpoint(self.out_dir / "checkpoints" / "last.ckpt")
+        trainer.save_checkpoint(self.out_dir / "checkpoints" / "last.ckpt", weights_only=False)  # full state
         if trainer.is_global_zero:
             export_weights(module.model, self.experiment, self.out_dir / "model.safetensors", trainer.global_step)
 
