@@ -95,7 +95,7 @@ def test_tiny_forward_counts_activation_and_gradients():
     k = config.selection.k
     assert len(out.coarse) == len(out.fine) == scenes
     assert all(len(c) == views * SIZE * SIZE for c in out.coarse)
-    # K per view selected; each view's K points become fine_count(K) leaves (512 → 512 + 204 + 1640 = 2356)
+    # K per view selected; each view's K points become fine_count(K) leaves (2048 → 2048 + 819 + 6554 = 9421)
     assert out.diagnostics["n_coarse"].item() == views * SIZE * SIZE
     assert out.diagnostics["n_selected"].item() == views * k
     leaves = views * config.densifier.fine_count(k)
