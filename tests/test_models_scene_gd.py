@@ -191,9 +191,11 @@ def test_leaves_start_as_copies_of_their_parents(monkeypatch):
     torch.testing.assert_close(leaves.sh, parents.sh)
     torch.testing.assert_close(F.normalize(leaves.quats, dim=-1), F.normalize(parents.quats, dim=-1))
     centres = batch.input_cameras[0].centers[result.batch]  # object = view of scene 0
-    # MVSplat's scale is proportional to the distance to the camera; a leaf sits within 0.007 of its parent
+    # MVSplat's scale is proportional to the distance to the camera; a leaf moves by at most offset_scale·grid
+    # per axis in layer 0, half that in layer 1, a quarter in layer 2
     distance_ratio = (leaves.means - centres).norm(dim=-1) / (parents.means - centres).norm(dim=-1)
-    assert (leaves.means - parents.means).norm(dim=-1).max() < 0.01
+    reach = math.sqrt(3) * config.densifier.offset_scale * config.densifier.grid_size * (1 + 1 / 2 + 1 / 4)
+    assert (leaves.means - parents.means).norm(dim=-1).max() <= reach
     torch.testing.assert_close(leaves.log_scales - parents.log_scales, distance_ratio.log()[:, None].expand(-1, 3),
                                atol=1e-5, rtol=1e-4)
     selected = out.coarse[0][captured["selection"].index]

@@ -118,7 +118,8 @@ class SceneGDConfig:
         0.5/0.8/1.0), K = 30,000 per view, 160-wide conditioning with 16 heads (256² inputs).
         `tiny`: the tiny backbone, a 3-layer 64/48/32 decoder and K = 2,048 per view (half of a 64² view, as the
         paper's 30,000 is about half of a 256² view); grid 0.04 (4× the paper's 0.01 for 4× larger pixels);
-        leaves start from their parents (``leaf_init="parent"``); trains on 2 CPU cores."""
+        UP offsets up to 2·grid (the paper: 0.1·grid), so a leaf can move by about a pixel footprint; leaves
+        start from their parents (``leaf_init="parent"``); trains on 2 CPU cores."""
         if name == "paper":
             return SceneGDConfig()
         if name == "tiny":
@@ -126,7 +127,8 @@ class SceneGDConfig:
             conditioning = ConditioningConfig(width=32, heads=4)
             densifier = DensifierConfig.preset(
                 "paper_scene", in_channels=2 * conditioning.width, channels=(64, 48, 32), num_blocks=(1, 1, 1),
-                patch_size=16, mlp_ratio=2.0, drop_path=0.1, grid_size=0.04, sh_degree=backbone.sh_degree)
+                patch_size=16, mlp_ratio=2.0, drop_path=0.1, grid_size=0.04, offset_scale=2.0,
+                sh_degree=backbone.sh_degree)
             return SceneGDConfig(backbone, conditioning, densifier,
                                  SelectionConfig.preset("released_scene", k=2048), leaf_init="parent")
         raise ValueError(f"unknown scene model preset {name!r}; expected 'paper' or 'tiny'")
