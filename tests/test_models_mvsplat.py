@@ -148,8 +148,8 @@ def test_gaussian_rotation_is_camera_rotation_to_world():
     torch.testing.assert_close(sh, out.sh[0, 1].reshape(-1, k, 3))
     # raw_attributes: the same head output in the densifier HEAD's layout [SH | opacity logit | scale | quaternion]
     expected_raw = torch.cat([raw[:, 9:], out.opacity_logits[0, 1].reshape(-1, 1), raw[:, 2:5], raw[:, 5:9]], dim=-1)
-    assert out.raw_attributes.shape == (1, 2, size, size, 3 * k + 8)
-    torch.testing.assert_close(out.raw_attributes[0, 1].reshape(-1, 3 * k + 8), expected_raw)
+    assert out.raw_attributes().shape == (1, 2, size, size, 3 * k + 8)
+    torch.testing.assert_close(out.raw_attributes()[0, 1].reshape(-1, 3 * k + 8), expected_raw)
 
 
 def test_batch_of_two_equals_two_separate_calls():

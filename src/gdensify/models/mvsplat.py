@@ -213,17 +213,16 @@ class MVSplatOutput:
     """Per-pixel coarse Gaussians of every context view, batched, plus what GD needs (§3b).
 
     Gaussian fields are raw in the library's convention (quaternion wxyz unnormalised, log-scales, opacity logits,
-    SH (K, 3) in world axes). `raw_attributes` holds the same Gaussians before the adapter, in the layout of the
-    densifier's HEAD (`densify.layers.GaussianHead`): SH (unmasked, camera axes, index k·3 + channel), the opacity
-    logit, the raw scales (before sigmoid) and the raw camera-frame quaternion; `activate_attributes` maps the last
-    three parts to world space. The flat order of a scene's Gaussians is (view, row, column)."""
+    SH (K, 3) in world axes). `head_output` is the Gaussian head's raw [scale | quaternion | SH] (camera axes,
+    before the adapter; pixel offsets removed); `raw_attributes()` reorders it into the densifier HEAD's layout.
+    The flat order of a scene's Gaussians is (view, row, column)."""
 
     means: Float[Tensor, "B V H W 3"]
     quats: Float[Tensor, "B V H W 4"]
     log_scales: Float[Tensor, "B V H W 3"]
     opacity_logits: Float[Tensor, "B V H W"]
     sh: Float[Tensor, "B V H W K 3"]
-    raw_attributes: Float[Tensor, "B V H W A"]  # pre-activation [SH | opacity logit | scale | quaternion], A = 3K + 8
+    head_output: Float[Tensor, "B V H W R"]  # raw [scale 3 | quaternion 4 | SH 3K], R = 3K + 7
     features: Float[Tensor, "B V H W F"]  # Gaussian-head input (GD's per-Gaussian feature)
     depth: Float[Tensor, "B V H W"]  # in [near, far]; distance along the unit ray ("ray") or camera z ("z")
     confidence: Float[Tensor, "B V H W"]  # max softmax probability over depth candidates (nearest up-sampled)
@@ -272,10 +271,22 @@ class MVSplatOutput:
         """Per-Gaussian features of view v of scene b in the order of `view_gaussians(b, v)`."""
         return self.features[b, v].reshape(-1, self.features.shape[-1])
 
+    def raw_attributes(self) -> Float[Tensor, "B V H W A"]:
+        """Every Gaussian before the adapter, in the layout of the densifier's HEAD (`densify.layers.GaussianHead`):
+        [SH (unmasked, camera axes, index k·3 + channel) | opacity logit | raw scales | raw quaternion],
+        A = 3K + 8; `MVSplatBackbone.activate_attributes` maps the last three parts to world space."""
+        scales, quats, sh = split_head_output(self.head_output)
+        return torch.cat([sh, self.opacity_logits[..., None], scales, quats], dim=-1)
+
     def view_index(self) -> Tensor:
         """(V·H·W,) int64: the source view of each Gaussian of a scene (same for every scene)."""
         h, w = self.image_size
         return torch.arange(self.num_views, device=self.means.device).repeat_interleave(h * w)
+
+
+def split_head_output(raw: Float[Tensor, "*batch R"]) -> tuple[Tensor, Tensor, Tensor]:
+    """The Gaussian head's raw output (pixel offsets removed) → (scales 3, quaternion 4, SH 3K), as views."""
+    return raw[..., :3], raw[..., 3:7], raw[..., 7:]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -573,7 +584,7 @@ class MVSplatBackbone(nn.Module):
             offsets, raw = torch.sigmoid(raw[..., :2]) - 0.5, raw[..., 2:]
         else:
             offsets = None
-        raw_scales, raw_quats, raw_sh = raw[..., :3], raw[..., 3:7], raw[..., 7:]
+        raw_scales, raw_quats, raw_sh = split_head_output(raw)
         xy = pixel_centers(h, w, dtype=raw.dtype, device=raw.device).expand(b, v, h, w, 2)
         if offsets is not None:
             xy = xy + offsets
@@ -588,9 +599,8 @@ class MVSplatBackbone(nn.Module):
         log_scales, quats, sh = adapt_attributes(
             raw_scales, raw_quats, raw_sh.reshape(b, v, h, w, cfg.num_sh, 3), depth, c2w[:, :, None, None],
             intr[:, :, None, None], cfg.scale_min, cfg.scale_max, cfg.scale_multiplier)
-        raw_attributes = torch.cat([raw_sh, raw_density[..., None], raw_scales, raw_quats], dim=-1)
         return {"means": means, "quats": quats, "log_scales": log_scales, "opacity_logits": raw_density,
-                "sh": sh, "raw_attributes": raw_attributes, "pixel_xy": xy}
+                "sh": sh, "head_output": raw, "pixel_xy": xy}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -16,7 +16,7 @@ Per batch of B scenes with V context views each:
 4. densifier, run separately for each context view: densifier object index = b·V + v, so per-view keep ratios
    and serialization anchors apply per view. With ``leaf_init="parent"`` (our addition; the `tiny` preset) the
    residual attributes start from the selected Gaussian's own pre-activation attributes
-   (`MVSplatOutput.raw_attributes`) and the heads' last layers start at zero, so every leaf begins as a copy of
+   (`MVSplatOutput.raw_attributes()`) and the heads' last layers start at zero, so every leaf begins as a copy of
    its parent; with ``"zero"`` (the release) they start from zero and the leaves are learned from scratch;
 5. fine attributes are activated as MVSplat's adapter does (as the release does): scale =
    (0.5 + 14.5·sigmoid(raw))·‖mean − centre of the view's camera‖·0.1·pixel footprint, the quaternion and the
@@ -238,10 +238,8 @@ class SceneGD(nn.Module):
         features = coarse.features.reshape(b * per_scene, -1)[index]
         initial = None
         if cfg.leaf_init == "parent":
-            initial = coarse.raw_attributes.reshape(b * per_scene, -1)[index]
-            opacity = 3 * cfg.backbone.num_sh  # the opacity column; the densifier adds its opacity_shift back
-            initial = torch.cat([initial[:, :opacity], initial[:, opacity:opacity + 1] - cfg.densifier.opacity_shift,
-                                 initial[:, opacity + 1:]], dim=-1)
+            initial = coarse.raw_attributes().reshape(b * per_scene, -1)[index]
+            initial[:, 3 * cfg.backbone.num_sh] -= cfg.densifier.opacity_shift  # the densifier adds it back
         result = self.densifier(gaussians.means[index], self.conditioning(features, tokens), view[index],
                                 num_objects=b * v, generator=generator, initial_attributes=initial)
         result = dataclasses.replace(result, gaussians=self._activate_fine(result, batch.input_cameras))
