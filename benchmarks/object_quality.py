@@ -36,20 +36,11 @@ def cost_worker(preset: str, runs: int) -> dict:
     return dict(time_forward(model, ViewBatch.collate([example]), runs), input=f"4 × {size}²")
 
 
-def evaluate_checkpoint(data: str, limit: int | None):
-    def run(path: str, selection: str | None) -> dict:
-        from gdensify.data.object_dataset import ObjectEvaluationDataset
-        from gdensify.evaluation.evaluate import evaluate, summarize
-        from gdensify.models.loading import load_model
+def held_out_objects(model, checkpoint, data: str):
+    from gdensify.data.object_dataset import ObjectEvaluationDataset
 
-        model, _ = load_model(path, "object")
-        if selection:
-            model.config.selection.method = selection
-        dataset = ObjectEvaluationDataset(data, model.config.backbone.image_size)
-        n = len(dataset) if limit is None else min(limit, len(dataset))
-        return summarize(evaluate(model, (dataset[i] for i in range(n)), total=n, progress=False), "objects")
-    return run
+    return ObjectEvaluationDataset(data, model.config.backbone.image_size)
 
 
 if __name__ == "__main__":
-    main(__doc__, __file__, cost_worker, evaluate_checkpoint, "objects", 0.5)
+    main(__doc__, __file__, cost_worker, "object", held_out_objects, "objects", 0.5)

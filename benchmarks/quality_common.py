@@ -5,13 +5,14 @@ measured in a fresh subprocess (peak memory = VmHWM increase over the forward ca
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 
 def hwm_mb() -> float:
@@ -57,6 +58,21 @@ def cost_table(script: str, presets: Iterable[str], runs: dict[str, int], thread
     return "\n".join(rows)
 
 
+def evaluate_checkpoint(path: str, selection: str | None, kind: str, examples: Callable[..., Sequence],
+                        data: str, limit: int | None, label: str) -> dict:
+    """`summarize` of the model at `path` (selection method overridden when given) on `examples(model,
+    checkpoint, data)`, the first `limit` of them."""
+    from gdensify.evaluation.evaluate import evaluate, summarize
+    from gdensify.models.loading import load_model
+
+    model, checkpoint = load_model(path, kind)
+    if selection:
+        model.config.selection.method = selection
+    items = examples(model, checkpoint, data)
+    n = len(items) if limit is None else min(limit, len(items))
+    return summarize(evaluate(model, (items[i] for i in range(n)), total=n, progress=False), label)
+
+
 def quality_table(evaluate_checkpoint: Callable[[str, str | None], dict], gd: str, coarse_only: str | None,
                   label: str, target: float) -> str:
     """`evaluate_checkpoint(path, selection)` → a `summarize` dict. Prints GD (gradient / random selection),
@@ -91,10 +107,10 @@ def quality_table(evaluate_checkpoint: Callable[[str, str | None], dict], gd: st
     return "\n".join(lines)
 
 
-def main(doc: str, script: str, cost_worker: Callable[[str, int], dict],
-         evaluate_factory: Callable[[str, int | None], Callable[[str, str | None], dict]], label: str,
-         target: float) -> None:
-    """The command line shared by the two quality benchmarks."""
+def main(doc: str, script: str, cost_worker: Callable[[str, int], dict], kind: str,
+         examples: Callable[..., Sequence], label: str, target: float) -> None:
+    """The command line shared by the two quality benchmarks; `examples(model, checkpoint, data)` gives the
+    held-out items of a `kind` ("object" / "scene") model."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gd", help="GD model.safetensors")
     parser.add_argument("--coarse-only", help="coarse-only model.safetensors trained with the same budget")
@@ -112,7 +128,9 @@ def main(doc: str, script: str, cost_worker: Callable[[str, int], dict],
     if not args.cost_only:
         if not (args.gd and args.data):
             parser.error("--gd and --data are needed (or --cost-only)")
-        print(quality_table(evaluate_factory(args.data, args.limit), args.gd, args.coarse_only, label, target))
+        run = functools.partial(evaluate_checkpoint, kind=kind, examples=examples, data=args.data, limit=args.limit,
+                                label=label)
+        print(quality_table(run, args.gd, args.coarse_only, label, target))
         print()
     print(f"Forward cost of one item ({label[:-1]}), CPU, {args.threads} threads, random weights:")
     print(cost_table(script, args.presets, {"tiny": 3, "paper": 1}, args.threads))

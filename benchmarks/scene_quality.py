@@ -39,23 +39,13 @@ def cost_worker(preset: str, runs: int) -> dict:
     return dict(time_forward(model, ViewBatch.collate([example]), runs), input=f"2 × {size}²")
 
 
-def evaluate_checkpoint(data: str, limit: int | None):
-    def run(path: str, selection: str | None) -> dict:
-        from gdensify.evaluation.evaluate import evaluate, summarize
-        from gdensify.io import load_checkpoint
-        from gdensify.models.loading import load_model
-        from gdensify.reconstruct import scene_examples
-        from gdensify.training.experiment import experiment_from_checkpoint
+def held_out_scenes(model, checkpoint, data: str):
+    from gdensify.reconstruct import scene_examples
+    from gdensify.training.experiment import experiment_from_checkpoint
 
-        model, _ = load_model(path, "scene")
-        if selection:
-            model.config.selection.method = selection
-        d = experiment_from_checkpoint(load_checkpoint(path)).data
-        examples = [e for e, _ in scene_examples(data, None, d.image_size, d.near, d.far)]
-        examples = examples if limit is None else examples[:limit]
-        return summarize(evaluate(model, examples, total=len(examples), progress=False), "scenes")
-    return run
+    d = experiment_from_checkpoint(checkpoint).data
+    return [e for e, _ in scene_examples(data, None, d.image_size, d.near, d.far)]
 
 
 if __name__ == "__main__":
-    main(__doc__, __file__, cost_worker, evaluate_checkpoint, "scenes", 0.3)
+    main(__doc__, __file__, cost_worker, "scene", held_out_scenes, "scenes", 0.3)
