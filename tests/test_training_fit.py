@@ -14,6 +14,7 @@ from gdensify.cli import main
 from gdensify.data import generate_objects
 from gdensify.data.object_dataset import ObjectEvaluationDataset, ObjectTrainingDataset
 from gdensify.io import load_checkpoint, load_ply
+from gdensify.models.loading import initialise_from
 from gdensify.training.experiment import load_experiment
 from gdensify.training.fit import fit
 
@@ -111,6 +112,33 @@ def test_coarse_only_model_reports_no_fine_metrics(objects, tmp_path):
                  "--out", str(tmp_path / "ev"), "--no-progress"]) == 0
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["psnr_fine"] is None and isinstance(metrics["psnr_coarse"], float)
+
+
+class WeightsAtStart(Callback):
+    def on_train_start(self, trainer, module):
+        self.state = {k: v.clone() for k, v in module.model.state_dict().items()}
+
+
+def test_a_gd_run_can_start_from_a_coarse_only_model(objects, tmp_path):
+    one_step = ["train.max_steps=1", "train.checkpoint_every=1"]
+    fit(_experiment(objects, tmp_path / "coarse", *one_step, "model.densify=false"), progress=False)
+    coarse = tmp_path / "coarse" / "model.safetensors"
+    start = WeightsAtStart()
+    fit(_experiment(objects, tmp_path / "gd", *one_step, f"train.init_weights={coarse}"), progress=False,
+        callbacks=[start])
+    stored = _weights(coarse)
+    assert stored and all(torch.equal(start.state[k], v) for k, v in stored.items())
+    fresh = set(start.state) - set(stored)
+    assert fresh and all(k.startswith(("densifier.", "conditioning.")) for k in fresh), sorted(fresh)[:5]
+
+    coarse_only = _experiment(objects, tmp_path / "x", "model.densify=false").build_model()
+    with pytest.raises(ValueError, match="no counterpart"):
+        initialise_from(coarse_only, tmp_path / "gd" / "model.safetensors")
+    with pytest.raises(ValueError, match="differ in shape"):
+        initialise_from(_experiment(objects, tmp_path / "x", "model.densify=false",
+                                    "model.backbone.view_embed_dim=16").build_model(), coarse)
+    with pytest.raises(ValueError, match="expected 'scene'"):
+        initialise_from(coarse_only, coarse, kind="scene")
 
 
 def test_train_reports_bad_config_and_missing_data(tmp_path, capsys):

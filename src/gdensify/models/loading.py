@@ -1,4 +1,5 @@
-"""Build a model from a `model.safetensors` checkpoint (weights + the model config in its metadata)."""
+"""Build a model from a `model.safetensors` checkpoint (weights + the model config in its metadata), or initialise
+part of a model from one."""
 
 from __future__ import annotations
 
@@ -31,3 +32,23 @@ def load_model(path: str | os.PathLike, kind: str | None = None,
                          f"{'…' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
                          f"{'…' if len(unexpected) > 5 else ''})")
     return model.to(device).eval(), checkpoint
+
+
+def initialise_from(model: nn.Module, path: str | os.PathLike, kind: str | None = None) -> list[str]:
+    """Copy every tensor of the checkpoint at `path` into `model` (e.g. a coarse-only model's backbone into a GD
+    model: pre-train, then fine-tune with densification, as the paper's scene recipe does). Each stored tensor
+    must exist in `model` with the same shape; `kind`, if given, must match the checkpoint's. Returns the names of
+    the model's parameters and buffers left at their initialisation."""
+    checkpoint = load_checkpoint(path, kind)
+    own = model.state_dict()
+    unknown = sorted(set(checkpoint.state_dict) - set(own))
+    if unknown:
+        raise ValueError(f"{path}: {len(unknown)} tensors have no counterpart in the model (e.g. {unknown[:3]}); "
+                         f"was it trained with a different model config?")
+    mismatched = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in checkpoint.state_dict.items()
+                  if v.shape != own[k].shape]
+    if mismatched:
+        raise ValueError(f"{path}: {len(mismatched)} tensors differ in shape from the model's (stored vs model; "
+                         f"e.g. {mismatched[:3]})")
+    model.load_state_dict(checkpoint.state_dict, strict=False)
+    return sorted(set(own) - set(checkpoint.state_dict))

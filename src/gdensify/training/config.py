@@ -25,6 +25,7 @@ class TrainConfig:
     coarse_weight: float = 1.0
     fine_weight: float = 1.0
     seed: int = 0
+    init_weights: str | None = None  # a model.safetensors whose tensors initialise the model (not on --resume)
     num_workers: int = 0
     devices: int = 1
     num_nodes: int = 1

@@ -11,7 +11,8 @@ Every `train.checkpoint_every` optimizer steps (and at the end): `last.ckpt`, `m
 `data.val_root`, validation PSNR of the fine and coarse renders (logged as `val/psnr_fine`, `val/psnr_coarse`).
 A step's batch depends only on (seed, step, rank) (`StepSampler`) and the model's randomness in a step comes from a
 generator seeded by (seed, step, rank), so a resumed run continues exactly as an uninterrupted one (bit for bit on
-CPU with the same thread count).
+CPU with the same thread count). `train.init_weights` starts a new run from another run's `model.safetensors`
+(e.g. GD fine-tuned from a coarse-only model); the optimizer and the schedule start afresh.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ..config import dump_yaml, to_dict
 from ..data.batch import ViewBatch, ViewExample
 from ..evaluation.evaluate import evaluate_example
 from ..io import atomic_path, save_checkpoint
+from ..models.loading import initialise_from
 from .experiment import Experiment
 from .sampling import StepSampler
 from .system import ReconstructionSystem
@@ -171,6 +173,10 @@ def fit(experiment: Experiment, resume: bool = False, progress: bool = True,
                         num_workers=cfg.num_workers)
 
     model = experiment.build_model()
+    if cfg.init_weights and not resume:  # a resumed run restores every weight from last.ckpt
+        fresh = initialise_from(model, cfg.init_weights, experiment.kind)
+        if progress and os.environ.get("LOCAL_RANK", "0") == "0":
+            print(f"initialised from {cfg.init_weights}; {len(fresh)} tensors keep their initialisation")
     if progress and os.environ.get("LOCAL_RANK", "0") == "0":
         counts = model.parameter_counts()
         width = max(map(len, counts))
