@@ -26,11 +26,10 @@ def load_model(path: str | os.PathLike, kind: str | None = None,
         raise ValueError(f"{path}: unknown model kind {checkpoint.kind!r}; known: {sorted(MODEL_KINDS)}")
     config_cls, model_cls = MODEL_KINDS[checkpoint.kind]
     model = model_cls(from_dict(config_cls, checkpoint.config))
-    missing, unexpected = model.load_state_dict(checkpoint.state_dict, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{path}: weights do not match the stored config (missing {missing[:5]}"
-                         f"{'…' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
-                         f"{'…' if len(unexpected) > 5 else ''})")
+    missing = _copy_tensors(model, checkpoint, path)
+    if missing:
+        raise ValueError(f"{path}: weights do not match the stored config ({len(missing)} tensors missing, e.g. "
+                         f"{missing[:5]})")
     return model.to(device).eval(), checkpoint
 
 
@@ -39,7 +38,11 @@ def initialise_from(model: nn.Module, path: str | os.PathLike, kind: str | None 
     model: pre-train, then fine-tune with densification, as the paper's scene recipe does). Each stored tensor
     must exist in `model` with the same shape; `kind`, if given, must match the checkpoint's. Returns the names of
     the model's parameters and buffers left at their initialisation."""
-    checkpoint = load_checkpoint(path, kind)
+    return _copy_tensors(model, load_checkpoint(path, kind), path)
+
+
+def _copy_tensors(model: nn.Module, checkpoint: Checkpoint, path: str | os.PathLike) -> list[str]:
+    """Load every stored tensor into `model` after checking names and shapes; the names the file lacks."""
     own = model.state_dict()
     unknown = sorted(set(checkpoint.state_dict) - set(own))
     if unknown:

@@ -173,11 +173,12 @@ def fit(experiment: Experiment, resume: bool = False, progress: bool = True,
                         num_workers=cfg.num_workers)
 
     model = experiment.build_model()
+    report = progress and os.environ.get("LOCAL_RANK", "0") == "0"
     if cfg.init_weights and not resume:  # a resumed run restores every weight from last.ckpt
         fresh = initialise_from(model, cfg.init_weights, experiment.kind)
-        if progress and os.environ.get("LOCAL_RANK", "0") == "0":
+        if report:
             print(f"initialised from {cfg.init_weights}; {len(fresh)} tensors keep their initialisation")
-    if progress and os.environ.get("LOCAL_RANK", "0") == "0":
+    if report:
         counts = model.parameter_counts()
         width = max(map(len, counts))
         print("\n".join(f"  {name:<{width}}  {count:>12,}" for name, count in counts.items()))
