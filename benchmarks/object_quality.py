@@ -24,10 +24,10 @@ def cost_worker(preset: str, runs: int) -> dict:
 
     from gdensify.builtin_scene import orbit_cameras
     from gdensify.data.batch import ViewBatch, ViewExample
-    from gdensify.models.object_gd import ObjectGD, ObjectGDConfig
+    from gdensify.models import GDConfig, GDModel
 
     torch.manual_seed(0)
-    model = ObjectGD(ObjectGDConfig.preset(preset))
+    model = GDModel(GDConfig.preset(f"object-{preset}"))
     size = model.config.backbone.image_size
     cams = orbit_cameras(4, size, size)
     g = torch.Generator().manual_seed(0)

@@ -24,7 +24,7 @@ def cost_worker(preset: str, runs: int) -> dict:
 
     from gdensify.cameras import Cameras
     from gdensify.data.batch import ViewBatch, ViewExample
-    from gdensify.models.scene_gd import SceneGD, SceneGDConfig
+    from gdensify.models import GDConfig, GDModel
 
     torch.manual_seed(0)
     size = {"tiny": 64, "paper": 256}[preset]
@@ -35,7 +35,7 @@ def cost_worker(preset: str, runs: int) -> dict:
     g = torch.Generator().manual_seed(0)
     example = ViewExample(torch.rand(2, size, size, 3, generator=g), cams[:2], torch.rand(1, size, size, 3, generator=g),
                           cams[2:], torch.zeros(1, 3), "random", torch.zeros(3))
-    model = SceneGD(SceneGDConfig.preset(preset))
+    model = GDModel(GDConfig.preset(f"scene-{preset}"))
     return dict(time_forward(model, ViewBatch.collate([example]), runs), input=f"2 × {size}²")
 
 

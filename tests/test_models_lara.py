@@ -11,11 +11,12 @@ import torch.nn.functional as F
 from gdensify import Cameras, Gaussians
 from gdensify.cameras import look_at
 from gdensify.models import (
-    LaRaBackbone, LaRaConfig, ViTConfig, VisionTransformer, WeightLoadingError, load_official_state_dict,
-    load_vit_weights, parameter_counts, visible_masks,
+    LaRaBackbone, LaRaConfig, ViTConfig, VisionTransformer, load_official_state_dict, load_vit_weights, visible_masks,
 )
+from gdensify.cameras import stack_cameras
+from gdensify.io.weights import WeightLoadingError
 from gdensify.models.lara import (
-    CrossAttention, ModLN, _from_groups, _to_groups, camera_tensors, dense_grid, plucker_sh, rsh_cart_3,
+    CrossAttention, ModLN, _from_groups, _to_groups, dense_grid, plucker_sh, rsh_cart_3,
     token_plucker,
 )
 from gdensify.models.vit import resample_pos_embed
@@ -47,7 +48,7 @@ def micro_config() -> LaRaConfig:
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
-    return LaRaBackbone(LaRaConfig.tiny()).eval()
+    return LaRaBackbone(LaRaConfig.preset("tiny")).eval()
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +70,8 @@ def fake_renders(coarse, images):
 # ------------------------------------------------------------------------------------------- parameter counts
 def test_paper_parameter_counts_match_spec():
     with torch.device("meta"):
-        model = LaRaBackbone(LaRaConfig.paper())
-    counts = parameter_counts(model)
+        model = LaRaBackbone(LaRaConfig.preset("paper"))
+    counts = model.parameter_counts()
     # gd_official_spec.md §6: exact numbers; DINO "about 85.8 M"
     assert counts["volume_transformer"] == 39_448_144
     assert counts["lara_heads"] == 42_995
@@ -83,7 +84,7 @@ def test_paper_parameter_counts_match_spec():
 
 def test_paper_state_dict_keys_and_shapes_match_official_checkpoint():
     with torch.device("meta"):
-        model = LaRaBackbone(LaRaConfig.paper())
+        model = LaRaBackbone(LaRaConfig.preset("paper"))
     sd = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     expected = {
         "view_embed": (1, 4, 32, 1, 1, 1), "dir_norm.norm.weight": (768,), "dir_norm.norm.bias": (768,),
@@ -126,7 +127,7 @@ def test_paper_state_dict_keys_and_shapes_match_official_checkpoint():
 
 
 def test_paper_derived_constants():
-    cfg = LaRaConfig.paper()
+    cfg = LaRaConfig.preset("paper")
     assert cfg.num_gaussians == 262_144 and cfg.feature_dim == 160 and cfg.cond_dim == 32
     assert cfg.offset_bound == pytest.approx(1 / 128)
     assert cfg.log_scale_shift == pytest.approx(math.log(0.03125 / 6), abs=1e-12)
@@ -140,12 +141,12 @@ def test_paper_derived_constants():
 def test_config_round_trip_and_overrides():
     from gdensify.config import apply_overrides, from_dict, to_dict
 
-    for cfg in (LaRaConfig.paper(), LaRaConfig.tiny()):
+    for cfg in (LaRaConfig.preset("paper"), LaRaConfig.preset("tiny")):
         assert from_dict(LaRaConfig, to_dict(cfg)) == cfg
-    cfg = apply_overrides(LaRaConfig.tiny(), ["volume_dim=96", "encoder.depth=2", "groups=[8,4]"])
+    cfg = apply_overrides(LaRaConfig.preset("tiny"), ["volume_dim=96", "encoder.depth=2", "groups=[8,4]"])
     assert cfg.volume_dim == 96 and cfg.encoder.depth == 2 and cfg.groups == (8, 4)
     with pytest.raises(ValueError, match="divide"):
-        apply_overrides(LaRaConfig.tiny(), ["groups=[3]"])
+        apply_overrides(LaRaConfig.preset("tiny"), ["groups=[3]"])
 
 
 # ------------------------------------------------------------------------------------------- building blocks
@@ -198,7 +199,7 @@ def test_tiny_forward_shapes_and_coarse_parameterisation(tiny):
     cfg = tiny.config
     images = torch.rand(1, 4, SIZE, SIZE, 3)
     with torch.no_grad():
-        out = tiny(images, [ring_cameras()])
+        out = tiny.encode(images, [ring_cameras()])
     n = cfg.num_gaussians
     assert n == 32 ** 3
     assert out.means.shape == (1, n, 3) and out.quats.shape == (1, n, 4) and out.log_scales.shape == (1, n, 3)
@@ -220,11 +221,11 @@ def test_coarse_head_defaults_at_zero_output():
     torch.nn.init.zeros_(last.weight)
     torch.nn.init.zeros_(last.bias)
     with torch.no_grad():
-        out = model(torch.rand(1, 2, MICRO, MICRO, 3), ring_cameras(2, size=MICRO))
+        out = model.encode(torch.rand(1, 2, MICRO, MICRO, 3), ring_cameras(2, size=MICRO))
     assert torch.allclose(out.means[0], dense_grid(16, 0.5).reshape(-1, 3), atol=1e-7)
     assert torch.allclose(torch.sigmoid(out.opacity_logits), torch.tensor(0.10164), atol=1e-4)
     assert torch.allclose(out.log_scales, torch.tensor(math.log(1 / 16 / 3)), atol=1e-6)
-    tiny = LaRaConfig.tiny()
+    tiny = LaRaConfig.preset("tiny")
     assert tiny.num_gaussians == 32 ** 3 and tiny.log_scale_shift == pytest.approx(math.log(1 / 96))
 
 
@@ -232,16 +233,16 @@ def test_camera_forms_and_resolution_rescaling(micro):
     images = torch.rand(2, 3, MICRO, MICRO, 3)
     cams = [ring_cameras(3, size=MICRO), ring_cameras(3, phase=0.4, size=MICRO)]
     with torch.no_grad():
-        a = micro(images, cams)
-        b = micro(images, Cameras.cat(cams))  # one Cameras of B·V views, object-major
-        c = micro(images, [cams[0].resized(512, 512), cams[1].resized(256, 256)])  # intrinsics rescaled
+        a = micro.encode(images, cams)
+        b = micro.encode(images, Cameras.cat(cams))  # one Cameras of B·V views, object-major
+        c = micro.encode(images, [cams[0].resized(512, 512), cams[1].resized(256, 256)])  # intrinsics rescaled
     assert torch.equal(a.means, b.means)
     assert torch.allclose(a.means, c.means, atol=1e-5) and torch.allclose(a.sh, c.sh, atol=1e-4)
     with pytest.raises(ValueError, match="views"):
-        micro(torch.rand(1, 5, MICRO, MICRO, 3), ring_cameras(5, size=MICRO))
+        micro.encode(torch.rand(1, 5, MICRO, MICRO, 3), ring_cameras(5, size=MICRO))
     with pytest.raises(ValueError, match="cameras"):
-        micro(images, ring_cameras(3, size=MICRO))
-    _, k = camera_tensors([ring_cameras(2, size=256)], 1, 2, SIZE, SIZE)
+        micro.encode(images, ring_cameras(3, size=MICRO))
+    _, k = stack_cameras([ring_cameras(2, size=256)], 1, 2, SIZE, SIZE)
     assert torch.allclose(k[0], ring_cameras(2).intrinsics)
 
 
@@ -251,8 +252,8 @@ def test_batch_of_two_equals_two_separate_calls(micro):
     images = torch.rand(2, 4, MICRO, MICRO, 3)
     cams = [ring_cameras(size=MICRO), ring_cameras(phase=0.7, radius=2.3, size=MICRO)]
     with torch.no_grad():
-        both = tiny(images, cams)
-        ones = [tiny(images[i:i + 1], [cams[i]]) for i in range(2)]
+        both = tiny.encode(images, cams)
+        ones = [tiny.encode(images[i:i + 1], [cams[i]]) for i in range(2)]
         rgb, alpha, depth = fake_renders(both, images)
         masks = visible_masks(both, threshold=0.1)
         assert 0 < masks.sum() < masks.numel()
@@ -271,7 +272,7 @@ def test_refine_outputs(micro):
     tiny = micro
     images = torch.rand(2, 4, MICRO, MICRO, 3)
     with torch.no_grad():
-        coarse = tiny(images, [ring_cameras(size=MICRO), ring_cameras(phase=0.3, size=MICRO)])
+        coarse = tiny.encode(images, [ring_cameras(size=MICRO), ring_cameras(phase=0.3, size=MICRO)])
         rgb, alpha, depth = fake_renders(coarse, images)
         masks = torch.zeros(2, tiny.num_gaussians, dtype=torch.bool)
         masks[0, ::7] = True
@@ -326,7 +327,7 @@ def test_gradients_reach_every_parameter():
     torch.manual_seed(0)
     model = LaRaBackbone(micro_config()).train()
     images = torch.rand(2, 4, MICRO, MICRO, 3)
-    coarse = model(images, [ring_cameras(size=MICRO), ring_cameras(phase=0.5, size=MICRO)])
+    coarse = model.encode(images, [ring_cameras(size=MICRO), ring_cameras(phase=0.5, size=MICRO)])
     gen = torch.Generator().manual_seed(0)
     w = {n: torch.randn(getattr(coarse, n).shape, generator=gen)
          for n in ("means", "quats", "log_scales", "opacity_logits", "sh")}
@@ -374,7 +375,7 @@ def test_official_state_dict_round_trip(micro):
     load_official_state_dict(fresh, state)
     images, cams = torch.rand(1, 2, MICRO, MICRO, 3), ring_cameras(2, size=MICRO)
     with torch.no_grad():
-        assert torch.equal(fresh(images, cams).sh, micro(images, cams).sh)
+        assert torch.equal(fresh.encode(images, cams).sh, micro.encode(images, cams).sh)
     del state["net.view_embed"]
     with pytest.raises(WeightLoadingError, match="view_embed"):
         load_official_state_dict(fresh, state)
@@ -388,11 +389,11 @@ def test_tiny_forward_is_fast(tiny):
     torch.set_num_threads(1)
     try:
         with torch.no_grad():
-            model(images, cams)
+            model.encode(images, cams)
             best = math.inf
             for _ in range(3):
                 t = time.process_time()
-                model(images, cams)
+                model.encode(images, cams)
                 best = min(best, time.process_time() - t)
     finally:
         torch.set_num_threads(threads)
@@ -411,7 +412,7 @@ def timm_vit_keys(depth: int) -> set[str]:
 
 def test_vit_uses_timm_key_names_and_shapes():
     with torch.device("meta"):
-        vit = VisionTransformer(ViTConfig.paper())
+        vit = VisionTransformer(ViTConfig.preset("paper"))
     sd = vit.state_dict()
     assert set(sd) == timm_vit_keys(12)
     assert sd["pos_embed"].shape == (1, 197, 768) and sd["blocks.3.attn.qkv.weight"].shape == (2304, 768)
@@ -422,17 +423,17 @@ def test_vit_weight_loading_round_trip(tmp_path):
     from safetensors.torch import save_file
 
     torch.manual_seed(0)
-    cfg = ViTConfig.tiny()
+    cfg = ViTConfig.preset("tiny")
     src = VisionTransformer(cfg).eval()
     state = {k: v.clone() for k, v in src.state_dict().items()}
     assert set(state) == timm_vit_keys(cfg.depth)
     x = torch.randn(2, 3, 64, 96)
 
     save_file(state, str(tmp_path / "vit.safetensors"))
-    a = VisionTransformer.from_file(tmp_path / "vit.safetensors", cfg).eval()
+    a = load_vit_weights(VisionTransformer(cfg), tmp_path / "vit.safetensors").eval()
     torch.save({"state_dict": {"net.img_encoder.model." + k: v for k, v in state.items()}, "epoch": 3},
                tmp_path / "gd.ckpt")
-    b = VisionTransformer.from_file(tmp_path / "gd.ckpt", cfg, prefix="net.img_encoder.model.").eval()
+    b = load_vit_weights(VisionTransformer(cfg), tmp_path / "gd.ckpt", prefix="net.img_encoder.model.").eval()
     with torch.no_grad():
         ref = src(x)
         assert torch.equal(a(x), ref) and torch.equal(b(x), ref)
@@ -449,7 +450,7 @@ def test_vit_weight_loading_round_trip(tmp_path):
     bad["head.weight"] = torch.zeros(10, cfg.embed_dim)
     with pytest.raises(WeightLoadingError) as err:
         load_vit_weights(fresh, bad)
-    assert "missing keys (1): ['blocks.1.mlp.fc2.weight']" in str(err.value)
+    assert "missing keys (1 of 54 model tensors): ['blocks.1.mlp.fc2.weight']" in str(err.value)
     assert "unexpected keys (1): ['head.weight']" in str(err.value)
     bad["blocks.1.mlp.fc2.weight"] = torch.zeros(3, 3)
     with pytest.raises(WeightLoadingError, match="shape mismatches.*blocks.1.mlp.fc2.weight"):
@@ -495,9 +496,9 @@ def test_bf16_autocast_forward_gives_float32_gaussians(micro):
     images = torch.rand(1, 2, MICRO, MICRO, 3)
     cams = ring_cameras(2, size=MICRO)
     with torch.no_grad():
-        ref = micro(images, cams)
+        ref = micro.encode(images, cams)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = micro(images, cams)
+            out = micro.encode(images, cams)
             rgb, alpha, depth = fake_renders(out, images)
             refined = micro.refine(out, images, rgb, alpha, depth)
     for name in ("means", "quats", "log_scales", "opacity_logits", "sh"):

@@ -8,7 +8,7 @@ import torch
 
 from gdensify.cameras import Cameras, look_at
 from gdensify.gaussians import quat_to_rotmat
-from gdensify.models.mvsplat import PAPER_PARAMETERS_M, MVSplatBackbone, MVSplatConfig, mvsplat_config
+from gdensify.models.mvsplat import PAPER_PARAMETERS_M, MVSplatBackbone, MVSplatConfig
 from gdensify.models.mvsplat_geometry import (
     disparity_candidates,
     plane_sweep_correlation,
@@ -40,7 +40,7 @@ def scene_cameras(size: int, views: int = 2, seed: int = 0, near: float = NEAR, 
 
 def tiny_model(seed: int = 0, **overrides) -> MVSplatBackbone:
     torch.manual_seed(seed)
-    return MVSplatBackbone(mvsplat_config("tiny", **overrides))
+    return MVSplatBackbone(MVSplatConfig.preset("tiny", **overrides))
 
 
 def images(batch: int, views: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -50,7 +50,7 @@ def images(batch: int, views: int, size: int, seed: int = 0) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------- sizes
 def test_paper_parameter_count_matches_mvsplat():
     # Target: MVSplat "#Param (M) 12" (GD project page, RE10K table; paper_and_mvsplat.md §1b). Tolerance ±3 %.
-    model = MVSplatBackbone(MVSplatConfig.paper())  # ~0.5 s on CPU (the meta device is slower to set up here)
+    model = MVSplatBackbone(MVSplatConfig.preset("paper"))  # ~0.5 s on CPU (the meta device is slower to set up here)
     counts = model.parameter_counts()
     total = counts.pop("total")
     assert sum(counts.values()) == total
@@ -67,7 +67,7 @@ def test_tiny_forward_shapes_finite_and_depth_in_range():
     cfg = model.config
     size = 64
     with torch.no_grad():
-        out = model(images(1, 2, size), [scene_cameras(size)])
+        out = model.encode(images(1, 2, size), [scene_cameras(size)])
     b, v, h, w = 1, 2, size, size
     k = (cfg.sh_degree + 1) ** 2
     assert out.means.shape == (b, v, h, w, 3) and out.quats.shape == (b, v, h, w, 4)
@@ -104,7 +104,7 @@ def test_means_lie_on_pixel_rays(depth_mode):
     for offsets in (False, True):
         model = tiny_model(pixel_offsets=offsets, depth_mode=depth_mode).eval()
         with torch.no_grad():
-            out = model(imgs, [cams])
+            out = model.encode(imgs, [cams])
         for v in range(2):
             w2c, k = cams.world_to_camera[v], cams.intrinsics[v]
             pts = out.means[0, v].reshape(-1, 3) @ w2c[:3, :3].T + w2c[:3, 3]
@@ -130,7 +130,7 @@ def test_gaussian_rotation_is_camera_rotation_to_world():
     captured = {}
     model.gaussian_head.register_forward_hook(lambda m, i, o: captured.setdefault("raw", o))
     with torch.no_grad():
-        out = model(images(1, 2, size), [cams])
+        out = model.encode(images(1, 2, size), [cams])
     raw = captured["raw"].permute(0, 2, 3, 1)[1].reshape(-1, model.config.raw_channels)  # view 1
     q_cam = raw[:, 2 + 3:2 + 7]
     r_c2w = cams.camera_to_world[1, :3, :3]
@@ -158,8 +158,8 @@ def test_batch_of_two_equals_two_separate_calls():
     cams = [scene_cameras(size, seed=1), scene_cameras(size, seed=2, near=0.5, far=20.0)]
     imgs = images(2, 2, size, seed=4)
     with torch.no_grad():
-        both = model(imgs, cams)
-        singles = [model(imgs[i:i + 1], [cams[i]]) for i in range(2)]
+        both = model.encode(imgs, cams)
+        singles = [model.encode(imgs[i:i + 1], [cams[i]]) for i in range(2)]
     for name in ("means", "quats", "log_scales", "opacity_logits", "sh", "features", "depth"):
         batched = getattr(both, name)
         for i in range(2):
@@ -169,7 +169,7 @@ def test_batch_of_two_equals_two_separate_calls():
     w2c = torch.stack([c.world_to_camera for c in cams])
     k = torch.stack([c.intrinsics for c in cams])
     with torch.no_grad():
-        tensors = model(imgs, (w2c, k), near=torch.tensor([1.0, 0.5]), far=torch.tensor([100.0, 20.0]))
+        tensors = model.encode(imgs, (w2c, k), near=torch.tensor([1.0, 0.5]), far=torch.tensor([100.0, 20.0]))
     torch.testing.assert_close(tensors.means, both.means)
 
 
@@ -181,8 +181,8 @@ def test_three_views_permutation_equivariant():
     imgs = images(1, 3, size, seed=2)
     perm = [2, 0, 1]
     with torch.no_grad():
-        out = model(imgs, [cams])
-        permuted = model(imgs[:, perm], [cams[perm]])
+        out = model.encode(imgs, [cams])
+        permuted = model.encode(imgs[:, perm], [cams[perm]])
     for name in ("means", "sh", "features", "depth"):
         torch.testing.assert_close(getattr(permuted, name), getattr(out, name)[:, perm], atol=2e-5, rtol=2e-5)
 
@@ -192,7 +192,7 @@ def test_gradients_reach_every_parameter():
     # at step 0 (by design); every parameter must still be connected to the outputs.
     model = tiny_model(zero_init_residual=False).train()
     size = 32
-    out = model(images(1, 2, size), [scene_cameras(size)])
+    out = model.encode(images(1, 2, size), [scene_cameras(size)])
     g = torch.Generator().manual_seed(0)
     loss = 0.0
     for name in ("means", "quats", "log_scales", "opacity_logits", "sh", "features"):
@@ -296,13 +296,13 @@ def test_feature_backbone_loads_from_local_file(tmp_path):
     # safetensors file of our own names, via the config option
     from safetensors.torch import save_file
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "ours.safetensors"))
-    loaded = MVSplatBackbone(mvsplat_config("tiny", feature_backbone_weights=str(tmp_path / "ours.safetensors")))
+    loaded = MVSplatBackbone(MVSplatConfig.preset("tiny", feature_backbone_weights=str(tmp_path / "ours.safetensors")))
     torch.testing.assert_close(loaded.state_dict()["cnn.conv1.weight"], state["cnn.conv1.weight"])
 
     missing = dict(state)
     missing.pop("transformer.layers.0.self_attn.q_proj.weight")
     torch.save(missing, tmp_path / "missing.pt")
-    with pytest.raises(ValueError, match=r"missing keys \['transformer.layers.0.self_attn.q_proj.weight'\]"):
+    with pytest.raises(ValueError, match=r"missing keys \(1 of \d+ model tensors\): \['transformer.layers.0.self_attn.q_proj.weight'\]"):
         target.load_feature_backbone(tmp_path / "missing.pt")
     bad = dict(state)
     bad["cnn.conv2.weight"] = torch.zeros(5, 5, 1, 1)
@@ -319,17 +319,17 @@ def test_bad_inputs_give_clear_errors():
     cams = scene_cameras(32)
     good = images(1, 2, 32)
     cases = [
-        (lambda: model(good[0], [cams]), ValueError, r"\(B, V, H, W, 3\)"),
-        (lambda: model(good[:, :1], [cams[:1]]), ValueError, "at least 2 context views"),
-        (lambda: model(images(1, 2, 40), [scene_cameras(40)]), ValueError, "multiple of 16"),
-        (lambda: model(good * 255, [cams]), ValueError, r"in \[0, 1\]"),
-        (lambda: model(good, [cams, cams]), ValueError, "2 Cameras for a batch of 1"),
-        (lambda: model(good, [scene_cameras(64)]), ValueError, "64x64, images are 32x32"),
-        (lambda: model(good, (cams.world_to_camera[None], cams.intrinsics[None])), ValueError, "near is required"),
-        (lambda: model(good, [cams], near=5.0, far=2.0), ValueError, "0 < near < far"),
-        (lambda: model(good, [scene_cameras(32, far=1e10)]), ValueError, "far/near ratio"),
-        (lambda: model(good, "cameras"), TypeError, "cameras must be"),
-        (lambda: model(good.to(torch.int64), [cams]), ValueError, "floating point"),
+        (lambda: model.encode(good[0], [cams]), ValueError, r"\(B, V, H, W, 3\)"),
+        (lambda: model.encode(good[:, :1], [cams[:1]]), ValueError, "at least 2 context views"),
+        (lambda: model.encode(images(1, 2, 40), [scene_cameras(40)]), ValueError, "multiple of 16"),
+        (lambda: model.encode(good * 255, [cams]), ValueError, r"in \[0, 1\]"),
+        (lambda: model.encode(good, [cams, cams]), ValueError, "2 Cameras for a batch of 1"),
+        (lambda: model.encode(good, [scene_cameras(64)]), ValueError, "64x64, images are 32x32"),
+        (lambda: model.encode(good, (cams.world_to_camera[None], cams.intrinsics[None])), ValueError, "near is required"),
+        (lambda: model.encode(good, [cams], near=5.0, far=2.0), ValueError, "0 < near < far"),
+        (lambda: model.encode(good, [scene_cameras(32, far=1e10)]), ValueError, "far/near ratio"),
+        (lambda: model.encode(good, "cameras"), TypeError, "cameras must be"),
+        (lambda: model.encode(good.to(torch.int64), [cams]), ValueError, "floating point"),
     ]
     for fn, exc, message in cases:
         with pytest.raises(exc, match=message):
@@ -338,15 +338,15 @@ def test_bad_inputs_give_clear_errors():
         MVSplatConfig(sh_degree=5)
     with pytest.raises(ValueError, match="attn_levels"):
         MVSplatConfig(depth_unet_attn_levels=(32,))
-    with pytest.raises(ValueError, match="unknown MVSplat preset"):
-        mvsplat_config("huge")
+    with pytest.raises(ValueError, match="unknown MVSplatConfig preset"):
+        MVSplatConfig.preset("huge")
 
 
 def test_config_round_trips_through_yaml():
     from gdensify.config import apply_overrides, dump_yaml, from_dict, to_dict
     import yaml
 
-    cfg = MVSplatConfig.tiny()
+    cfg = MVSplatConfig.preset("tiny")
     assert from_dict(MVSplatConfig, yaml.safe_load(dump_yaml(cfg))) == cfg
-    assert from_dict(MVSplatConfig, to_dict(MVSplatConfig.paper())) == MVSplatConfig.paper()
+    assert from_dict(MVSplatConfig, to_dict(MVSplatConfig.preset("paper"))) == MVSplatConfig.preset("paper")
     assert apply_overrides(cfg, ["num_depth_candidates=16", "depth_mode=z"]).num_depth_candidates == 16

@@ -2,7 +2,7 @@ import torch
 
 from gdensify.builtin_scene import orbit_cameras
 from gdensify.data.batch import ViewBatch, ViewExample
-from gdensify.models.object_gd import ObjectGD, ObjectGDConfig
+from gdensify.models import GDConfig, GDModel
 from gdensify.training.system import supervision_views
 
 
@@ -16,9 +16,9 @@ def _batch(size: int = 64, objects: int = 2) -> ViewBatch:
 
 def test_tiny_object_gd_forward_and_gradients():
     torch.manual_seed(0)
-    config = ObjectGDConfig.preset("tiny")
+    config = GDConfig.preset("object-tiny")
     config.selection.k = 300
-    model = ObjectGD(config)
+    model = GDModel(config)
     batch = _batch()
     out = model(batch, generator=torch.Generator().manual_seed(1))
     assert len(out.coarse) == len(out.fine) == 2
@@ -36,9 +36,9 @@ def test_tiny_object_gd_forward_and_gradients():
 
 
 def test_coarse_only_baseline_has_no_densifier():
-    config = ObjectGDConfig.preset("tiny")
+    config = GDConfig.preset("object-tiny")
     config.densify = False
-    model = ObjectGD(config)
+    model = GDModel(config)
     assert model.densifier is None and "densifier" not in model.parameter_counts()
     model.eval()
     with torch.no_grad():

@@ -16,9 +16,10 @@ from gdensify.densify import DensifierConfig, GenerativeDensifier
 from gdensify.gaussians import Gaussians
 from gdensify.io import save_checkpoint
 from gdensify.models.loading import load_model
-from gdensify.models import scene_gd
 from gdensify.models.mvsplat import MVSplatBackbone, MVSplatConfig
-from gdensify.models.scene_gd import SceneGD, SceneGDConfig, view_tokens
+from gdensify.models import GDConfig, GDModel
+from gdensify.models import gd as gd_module
+from gdensify.models.view_tokens import sample_view_tokens, token_maps
 from gdensify.render import rasterize
 from gdensify.training.system import supervision_views
 
@@ -47,7 +48,7 @@ def scene_batch(scenes: int = 2, context: int = 2, targets: int = 2, size: int =
 
 
 def test_paper_parameter_counts():
-    model = SceneGD(SceneGDConfig.preset("paper"))  # ~0.6 s, no forward
+    model = GDModel(GDConfig.preset("scene-paper"))  # ~0.6 s, no forward
     counts = model.parameter_counts()
     print("\n".join(f"{k:<34}{v:>12,}" for k, v in counts.items()))
     assert counts["backbone"] == 11_955_734
@@ -74,8 +75,10 @@ def test_view_tokens_sample_at_pixel_centres():
     cam_points = torch.cat([(pixels - k[:2, 2]) / k.diagonal()[:2] * z[:, None], z[:, None]], dim=-1)
     c2w = cams.camera_to_world[0]
     points = cam_points @ c2w[:3, :3].T + c2w[:3, 3]
-    tokens = view_tokens(points, cams, images, coarse, torch.zeros(3), backend="reference")
     render = rasterize(coarse, cams, torch.zeros(3), backend="reference")
+    with torch.no_grad():
+        tokens = sample_view_tokens(points, cams.world_to_camera, cams.intrinsics,
+                                    token_maps(images, render.image, render.alpha, render.depth), padding="border")
     assert tokens.shape == (2, 2, 8)
     for i, (col, row) in enumerate([(5, 9), (12, 2)]):
         torch.testing.assert_close(tokens[i, 0, :3], images[0, row, col])
@@ -87,8 +90,8 @@ def test_view_tokens_sample_at_pixel_centres():
 
 def test_tiny_forward_counts_activation_and_gradients():
     torch.manual_seed(0)
-    config = SceneGDConfig.preset("tiny")
-    model = SceneGD(config)
+    config = GDConfig.preset("scene-tiny")
+    model = GDModel(config)
     batch = scene_batch()
     out = model(batch, generator=torch.Generator().manual_seed(1))
     scenes, views = 2, 2
@@ -125,20 +128,20 @@ def test_tiny_forward_counts_activation_and_gradients():
 
 def test_checkpoint_round_trip(tmp_path):
     torch.manual_seed(0)
-    config = SceneGDConfig.preset("tiny")
-    assert from_dict(SceneGDConfig, to_dict(config)) == config
-    model = SceneGD(config)
-    path = save_checkpoint(tmp_path / "scene.safetensors", model.state_dict(), "scene", to_dict(config))
-    loaded, _ = load_model(path, kind="scene")
-    assert isinstance(loaded, SceneGD) and loaded.config == config and not loaded.training
+    config = GDConfig.preset("scene-tiny")
+    assert from_dict(GDConfig, to_dict(config)) == config
+    model = GDModel(config)
+    path = save_checkpoint(tmp_path / "scene.safetensors", model.state_dict(), "gd", to_dict(config))
+    loaded, _ = load_model(path)
+    assert isinstance(loaded, GDModel) and loaded.config == config and not loaded.training
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
 
 
 def test_coarse_only_baseline():
-    config = SceneGDConfig.preset("tiny")
+    config = GDConfig.preset("scene-tiny")
     config.densify = False
-    model = SceneGD(config).eval()
+    model = GDModel(config).eval()
     assert model.densifier is None and model.conditioning is None
     assert set(model.parameter_counts()) == {*(f"backbone.{k}" for k in MVSplatBackbone.COMPONENTS), "backbone",
                                               "total"}
@@ -149,7 +152,7 @@ def test_coarse_only_baseline():
 
 def test_eval_is_deterministic():
     torch.manual_seed(0)
-    model = SceneGD(SceneGDConfig.preset("tiny")).eval()
+    model = GDModel(GDConfig.preset("scene-tiny")).eval()
     batch = scene_batch(scenes=1)
     with torch.no_grad():
         first, second = model(batch), model(batch)
@@ -159,15 +162,15 @@ def test_eval_is_deterministic():
 
 
 def test_bad_inputs_raise_clear_errors():
-    model = SceneGD(SceneGDConfig.preset("tiny")).eval()
+    model = GDModel(GDConfig.preset("scene-tiny")).eval()
     batch = scene_batch(scenes=1)
     batch.input_images[0, 1, 3, 4, 0] = float("nan")
     with pytest.raises(ValueError, match="finite"), torch.no_grad():
         model(batch)
     with pytest.raises(ValueError, match="in_channels"):
-        SceneGDConfig(backbone=MVSplatConfig.tiny(), densifier=DensifierConfig.preset("tiny"))
-    with pytest.raises(ValueError, match="unknown scene model preset"):
-        SceneGDConfig.preset("huge")
+        GDConfig(backbone=MVSplatConfig.preset("tiny"), densifier=DensifierConfig.preset("tiny"))
+    with pytest.raises(ValueError, match="unknown model preset"):
+        GDConfig.preset("huge")
 
 
 def test_leaves_start_as_copies_of_their_parents(monkeypatch):
@@ -175,14 +178,16 @@ def test_leaves_start_as_copies_of_their_parents(monkeypatch):
     its parent's leaves together are exactly as opaque as the parent at their centres, and the fine render is
     close to the coarse one."""
     torch.manual_seed(0)
-    config = SceneGDConfig.preset("tiny")
-    assert config.leaf_init == "parent"
-    model = SceneGD(config).eval()
+    config = GDConfig.preset("scene-tiny")
+    assert config.backbone.leaf_init == "parent"
+    model = GDModel(config).eval()
     captured = {}
-    select = scene_gd.select_gaussians
-    monkeypatch.setattr(scene_gd, "select_gaussians", lambda *a, **k: captured.setdefault("selection", select(*a, **k)))
-    activate = model._activate_fine
-    monkeypatch.setattr(model, "_activate_fine", lambda r, c: captured.setdefault("leaves", (r, activate(r, c)))[1])
+    select = gd_module.select_from_renders
+    monkeypatch.setattr(gd_module, "select_from_renders",
+                        lambda *a, **k: captured.setdefault("selection", select(*a, **k)))
+    activate = model.backbone.finalize
+    monkeypatch.setattr(model.backbone, "finalize",
+                        lambda r, c, b: captured.setdefault("leaves", (r, activate(r, c, b)))[1])
     batch = scene_batch(scenes=1)
     with torch.no_grad():
         out = model(batch)
@@ -203,10 +208,10 @@ def test_leaves_start_as_copies_of_their_parents(monkeypatch):
     torch.testing.assert_close(transmittance.exp(), torch.sigmoid(-selected.opacity_logits), atol=1e-6, rtol=1e-5)
     cameras, backgrounds = batch.target_cameras, batch.target_backgrounds
     fine, coarse = out.render(cameras, backgrounds, "fine"), out.render(cameras, backgrounds, "coarse")
-    zero_config = dataclasses.replace(config, leaf_init="zero")
+    zero_config = dataclasses.replace(config, backbone=dataclasses.replace(config.backbone, leaf_init="zero"))
     torch.manual_seed(0)
     with torch.no_grad():
-        from_scratch = SceneGD(zero_config).eval()(batch).render(cameras, backgrounds, "fine")
+        from_scratch = GDModel(zero_config).eval()(batch).render(cameras, backgrounds, "fine")
     error, scratch_error = (fine - coarse).square().mean(), (from_scratch - coarse).square().mean()
     print(f"fine vs coarse MSE at initialisation: parent {error:.2e}, zero {scratch_error:.2e}")
     assert error < 0.1 * scratch_error
@@ -214,10 +219,10 @@ def test_leaves_start_as_copies_of_their_parents(monkeypatch):
 
 def test_leaf_init_needs_a_residual_densifier():
     with pytest.raises(ValueError, match="leaf_init must be"):
-        dataclasses.replace(SceneGDConfig.preset("tiny"), leaf_init="child")
-    tiny = SceneGDConfig.preset("tiny")
+        dataclasses.replace(GDConfig.preset("scene-tiny").backbone, leaf_init="child")
+    tiny = GDConfig.preset("scene-tiny")
     with pytest.raises(ValueError, match="residual_attributes"):
         dataclasses.replace(tiny, densifier=tiny.densifier.replace(residual_attributes=False))
     with pytest.raises(ValueError, match="sh_degree"):
         dataclasses.replace(tiny, densifier=tiny.densifier.replace(sh_degree=1))
-    assert SceneGDConfig.preset("paper").leaf_init == "zero"  # the release's behaviour
+    assert GDConfig.preset("scene-paper").backbone.leaf_init == "zero"  # the release's behaviour

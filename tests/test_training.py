@@ -3,7 +3,7 @@ import torch
 
 from gdensify.builtin_scene import orbit_cameras
 from gdensify.data.batch import ViewBatch, ViewExample
-from gdensify.models.object_gd import ObjectGD, ObjectGDConfig
+from gdensify.models import GDConfig, GDModel
 from gdensify.training.config import TrainConfig
 from gdensify.training.losses import photometric_loss
 from gdensify.training.sampling import StepSampler
@@ -48,9 +48,9 @@ def test_step_sampler_depends_only_on_the_step():
 
 def test_training_step_updates_a_coarse_only_model():
     torch.manual_seed(0)
-    config = ObjectGDConfig.preset("tiny")
+    config = GDConfig.preset("object-tiny")
     config.densify = False
-    system = ReconstructionSystem(ObjectGD(config), TrainConfig(max_steps=10, warmup_steps=2))
+    system = ReconstructionSystem(GDModel(config), TrainConfig(max_steps=10, warmup_steps=2))
     cams = orbit_cameras(4, 32, 32)
     g = torch.Generator().manual_seed(0)
     batch = ViewBatch.collate([ViewExample(torch.rand(2, 32, 32, 3, generator=g), cams[:2],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from jaxtyping import Float
@@ -177,3 +178,36 @@ def look_at(
     c2w = torch.eye(4, dtype=eyes.dtype, device=eyes.device).repeat(len(eyes), 1, 1)
     c2w[:, :3, 0], c2w[:, :3, 1], c2w[:, :3, 2], c2w[:, :3, 3] = right, down, forward, eyes
     return c2w
+
+
+def stack_cameras(
+    cameras: Cameras | Sequence[Cameras], batch: int, views: int, width: int, height: int, rescale: bool = True,
+) -> tuple[Float[Tensor, "b v 4 4"], Float[Tensor, "b v 3 3"]]:
+    """(world_to_camera, intrinsics) as (B, V, ·, ·) from a list of B `Cameras` of V views each, or one `Cameras`
+    of B·V views (item-major). Intrinsics of cameras sized differently from width × height are rescaled to it
+    (`rescale=True`) or refused."""
+    if isinstance(cameras, Cameras):
+        if len(cameras) != batch * views:
+            raise ValueError(f"expected {batch}·{views} = {batch * views} cameras (item-major), got {len(cameras)}")
+        parts = [cameras[i * views:(i + 1) * views] for i in range(batch)]
+    else:
+        parts = list(cameras)
+        if len(parts) != batch:
+            raise ValueError(f"got {len(parts)} Cameras for a batch of {batch}")
+    w2c, ks = [], []
+    for i, cams in enumerate(parts):
+        if not isinstance(cams, Cameras):
+            raise TypeError(f"cameras must be Cameras, got {type(cams).__name__} for item {i}")
+        if len(cams) != views:
+            raise ValueError(f"Cameras of item {i} holds {len(cams)} views, expected {views} (one per image)")
+        k = cams.intrinsics
+        if (cams.width, cams.height) != (width, height):
+            if not rescale:
+                raise ValueError(f"Cameras of item {i} are {cams.width}x{cams.height}, images are {width}x{height} "
+                                 "(intrinsics must be in pixels of the input images)")
+            k = k.clone()
+            k[:, 0] = k[:, 0] * (width / cams.width)
+            k[:, 1] = k[:, 1] * (height / cams.height)
+        w2c.append(cams.world_to_camera)
+        ks.append(k)
+    return torch.stack(w2c), torch.stack(ks)

@@ -7,11 +7,12 @@ offending key; `apply_overrides` takes command-line strings such as `model.volum
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, ClassVar, Sequence, TypeVar
 
 import yaml
 
@@ -20,6 +21,19 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config key or value is wrong; the message names the dotted key."""
+
+
+class Presets:
+    """Mixin for a config dataclass with a `PRESETS` table (name → field values, nanoGPT/timm style):
+    `Cls.preset(name, **overrides)` is a fresh config of that preset with fields replaced by `overrides`."""
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    @classmethod
+    def preset(cls: type[T], name: str, **overrides: Any) -> T:
+        if name not in cls.PRESETS:
+            raise ValueError(f"unknown {cls.__name__} preset {name!r}; expected one of {sorted(cls.PRESETS)}")
+        return cls(**{**copy.deepcopy(cls.PRESETS[name]), **overrides})
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from torch import Tensor
 
 from ..cameras import Cameras
 from ..gaussians import Gaussians
+from ..render.rasterize import RenderOutput, means2d_grad_to_ndc
 from ._ops import counts_of, rank_within_segments, take
 
 
@@ -86,9 +87,65 @@ class Selection:
 
 
 # ---------------------------------------------------------------------------------------------- gradients
-def _detached(g: Gaussians) -> Gaussians:
-    return Gaussians(*(t.detach().clone() if t.is_inference() else t.detach()
-                       for t in (g.means, g.quats, g.log_scales, g.opacity_logits, g.sh)))
+def _detached(t: Tensor) -> Tensor:
+    return t.detach().clone() if t.is_inference() else t.detach()
+
+
+def render_for_selection(
+    gaussians: Gaussians, cameras: Cameras, background: Tensor | None = None, backend: str = "auto",
+    sh_degree: int | None = None,
+) -> RenderOutput:
+    """Render detached copies of `gaussians` with a differentiable 2-D-mean leaf (`means2d_grad=True`), so that
+    `render_gradients` can read the view-space gradients; works under `torch.no_grad()` and
+    `torch.inference_mode()`, and sends no gradient to whatever produced the Gaussians."""
+    from ..render import rasterize  # noqa: PLC0415  (render is only needed by the selection step)
+
+    with torch.inference_mode(False), torch.enable_grad():
+        g = Gaussians(*(_detached(t) for t in (gaussians.means, gaussians.quats, gaussians.log_scales,
+                                               gaussians.opacity_logits, gaussians.sh)))
+        bg = None if background is None else _detached(background)
+        return rasterize(g, cameras, bg, backend=backend, sh_degree=sh_degree, means2d_grad=True)
+
+
+def render_gradients(
+    renders: Sequence[RenderOutput], images: Sequence[Float[Tensor, "C H W 3"]], absolute: bool = False,
+    ndc: bool = False,
+) -> list[Float[Tensor, "C N 2"]]:
+    """For each render (one per object, C input views), the gradient of Σ_v MSE(render_v, image_v) w.r.t. its
+    2-D means (= ∇ of each view's own MSE), in pixels or NDC units; zero where a Gaussian is not rendered. One
+    backward for all renders; `torch.autograd.grad` with the graph kept, so a render that is also part of a
+    training graph (e.g. LaRa's refinement inputs) can be reused and no gradient reaches any parameter."""
+    renders = list(renders)
+    if len(images) != len(renders):
+        raise ValueError(f"{len(renders)} renders but {len(images)} image sets")
+    for out, imgs in zip(renders, images):
+        if tuple(imgs.shape) != tuple(out.image.shape):
+            raise ValueError(f"images must have shape {tuple(out.image.shape)} for these cameras, got "
+                             f"{tuple(imgs.shape)}")
+    with torch.inference_mode(False), torch.enable_grad():
+        losses, leaves = [], []
+        for out, imgs in zip(renders, images):
+            if out.means2d.requires_grad and out.image.requires_grad:
+                per_view = (out.image - _detached(imgs).to(out.image.dtype)).square().mean(dim=(1, 2, 3))
+                losses.append(per_view.sum())
+                leaves.append(out.means2d)
+        plain = torch.autograd.grad(sum(losses), leaves, retain_graph=True) if losses else []
+    grads, used = [], iter(plain)
+    for out in renders:
+        if not (out.means2d.requires_grad and out.image.requires_grad):
+            grads.append(torch.zeros_like(out.means2d.detach()))
+            continue
+        g = next(used)
+        if absolute:
+            g = getattr(out.means2d, "absgrad", None)
+            if g is None:
+                raise RuntimeError(f"the {out.backend} backend produced no absgrad")
+        g = g.detach()
+        if ndc:
+            height, width = out.image.shape[1:3]
+            g = means2d_grad_to_ndc(g, width, height)
+        grads.append(g)
+    return grads
 
 
 def view_space_gradients(
@@ -96,30 +153,14 @@ def view_space_gradients(
     background: Tensor | None = None, absolute: bool = False, backend: str = "auto",
     sh_degree: int | None = None, ndc: bool = False,
 ) -> Float[Tensor, "C N 2"]:
-    """Per-view gradient of Σ_v MSE(render_v, image_v) w.r.t. the 2-D means (= ∇ of each view's own MSE), from
-    detached copies of the Gaussians. (C, N, 2), zero where a Gaussian is not rendered."""
-    from ..render import rasterize  # noqa: PLC0415  (render is only needed by the selection step)
-
+    """Per-view gradient of Σ_v MSE(render_v, image_v) w.r.t. the 2-D means, from detached copies of the
+    Gaussians. (C, N, 2), zero where a Gaussian is not rendered."""
     c = len(cameras)
     expected = (c, cameras.height, cameras.width, 3)
     if tuple(images.shape) != expected:
         raise ValueError(f"images must have shape {expected} for these cameras, got {tuple(images.shape)}")
-    with torch.inference_mode(False), torch.enable_grad():
-        g = _detached(gaussians)
-        imgs = images.detach().clone() if images.is_inference() else images.detach()
-        bg = None
-        if background is not None:
-            bg = background.detach().clone() if background.is_inference() else background.detach()
-        out = rasterize(g, cameras, bg, backend=backend, sh_degree=sh_degree, means2d_grad=True)
-        if not out.means2d.requires_grad:
-            return torch.zeros(c, len(gaussians), 2, dtype=gaussians.dtype, device=gaussians.device)
-        per_view = (out.image - imgs.to(out.image.dtype)).square().mean(dim=(1, 2, 3))
-        loss = per_view.sum()
-        if not loss.requires_grad:  # nothing visible
-            return torch.zeros(c, len(gaussians), 2, dtype=gaussians.dtype, device=gaussians.device)
-        loss.backward()
-        grad = out.view_space_grad(absolute=absolute, ndc=ndc)
-    return grad.detach()
+    render = render_for_selection(gaussians, cameras, background, backend, sh_degree)
+    return render_gradients([render], [images], absolute, ndc)[0]
 
 
 def gradient_scores(grads: Float[Tensor, "C N 2"], reduction: str = "mean") -> Float[Tensor, " N"]:
@@ -139,15 +180,23 @@ def score_gaussians(
     """Score of every Gaussian of ONE object/scene against its input views; −inf for non-candidates
     (opacity ≤ min_opacity)."""
     cfg = config or SelectionConfig()
+    grads = None
+    if cfg.method == "gradient":
+        grads = view_space_gradients(gaussians, cameras, images, background, cfg.gradient == "absolute", backend,
+                                     sh_degree, cfg.units == "ndc")
+    return _scores(gaussians, grads, cfg, generator)
+
+
+def _scores(gaussians: Gaussians, grads: Tensor | None, cfg: SelectionConfig,
+            generator: torch.Generator | None) -> Float[Tensor, " N"]:
+    """Scores from view-space gradients (or uniform random ones), −inf where opacity ≤ min_opacity."""
     candidate = gaussians.opacities.detach() > cfg.min_opacity
     if cfg.method == "random":
         gdev = generator.device if generator is not None else gaussians.device
         scores = torch.rand(len(gaussians), generator=generator, device=gdev).to(gaussians.device,
                                                                                   gaussians.dtype)
     else:
-        grads = view_space_gradients(gaussians, cameras, images, background, cfg.gradient == "absolute", backend,
-                                     sh_degree, cfg.units == "ndc")
-        scores = gradient_scores(grads, cfg.reduction)
+        scores = gradient_scores(grads, cfg.reduction).to(gaussians.dtype)
     if torch.isnan(scores).any():
         raise ValueError("view-space gradient scores contain NaN (check the Gaussians, cameras and images)")
     return torch.where(candidate, scores, torch.full_like(scores, -float("inf")))
@@ -172,6 +221,47 @@ def top_k_per_group(scores: Float[Tensor, " N"], groups: Int[Tensor, " N"], k: i
     return torch.nonzero(chosen, as_tuple=False).flatten()
 
 
+def select_from_renders(
+    gaussians: Gaussians, batch: Int[Tensor, " N"], num_objects: int, renders: Sequence[RenderOutput] | None,
+    images: Sequence[Float[Tensor, "C H W 3"]], config: SelectionConfig | None = None,
+    groups: Int[Tensor, " N"] | None = None, num_groups: int | None = None,
+    candidates: Tensor | None = None, generator: torch.Generator | None = None,
+) -> Selection:
+    """Top K per object (``batch``) or per ``groups`` entry, scored from renders someone else made:
+    ``renders[b]`` is object b's Gaussians (``gaussians[batch == b]``, in order) rendered into its input views
+    with differentiable 2-D means (`render_for_selection`, or a training render in the autograd graph).
+    ``candidates`` (bool, N) further restricts which Gaussians may be selected (e.g. a visible set); the renders
+    still hold every Gaussian, as the released code renders all and masks afterwards. Random selection
+    (``method="random"``) reads no render (pass None)."""
+    cfg = config or SelectionConfig()
+    n = len(gaussians)
+    batch = batch.long()
+    if batch.shape != (n,):
+        raise ValueError(f"batch must have shape ({n},), got {tuple(batch.shape)}")
+    counts = counts_of(batch, num_objects).tolist()
+    grads = [None] * num_objects
+    if cfg.method == "gradient":
+        if renders is None or len(renders) != num_objects \
+                or any(out.means2d.shape[1] != c for out, c in zip(renders, counts)):
+            held = None if renders is None else [out.means2d.shape[1] for out in renders]
+            raise ValueError(f"gradient selection needs one render per object holding its Gaussians: renders hold "
+                             f"{held}, the batch index {counts}")
+        grads = render_gradients(renders, images, cfg.gradient == "absolute", cfg.units == "ndc")
+    scores = torch.full((n,), -float("inf"), dtype=gaussians.dtype, device=gaussians.device)
+    for b, grad in enumerate(grads):
+        if counts[b] == 0:
+            continue
+        idx = torch.nonzero(batch == b, as_tuple=False).flatten()
+        scores[idx] = _scores(gaussians[idx], grad, cfg, generator)
+    if candidates is not None:
+        scores = torch.where(candidates, scores, torch.full_like(scores, -float("inf")))
+    groups = batch if groups is None else groups
+    if groups.shape != (n,):
+        raise ValueError(f"groups must have shape ({n},), got {tuple(groups.shape)}")
+    index = top_k_per_group(scores, groups, cfg.k, num_groups)
+    return Selection(index, take(batch, index), scores)
+
+
 def select_gaussians(
     gaussians: Gaussians, batch: Int[Tensor, " N"], cameras: Cameras | Sequence[Cameras],
     images: Tensor | Sequence[Tensor], config: SelectionConfig | None = None,
@@ -180,7 +270,8 @@ def select_gaussians(
 ) -> Selection:
     """Score the Gaussians of every object b (``batch == b``) against its input views (``cameras[b]``,
     ``images[b]`` of shape (V, H, W, 3), ``backgrounds[b]`` (3,) or (V, 3)) and keep the top K per object, or per
-    ``groups`` entry (e.g. per input view for pixel-aligned scene Gaussians).
+    ``groups`` entry (e.g. per input view for pixel-aligned scene Gaussians). Renders each object once
+    (`render_for_selection`), then `select_from_renders`.
 
     A single `Cameras`/(V, H, W, 3) image tensor is accepted when every Gaussian belongs to object 0."""
     cfg = config or SelectionConfig()
@@ -197,19 +288,15 @@ def select_gaussians(
         raise ValueError(f"{num_objects} camera sets but {len(images)} image sets")
     if n and (int(batch.min()) < 0 or int(batch.max()) >= num_objects):
         raise ValueError(f"batch indices must lie in [0, {num_objects})")
+    for b, (cams, imgs) in enumerate(zip(cameras, images)):
+        expected = (len(cams), cams.height, cams.width, 3)
+        if tuple(imgs.shape) != expected:
+            raise ValueError(f"images must have shape {expected} for these cameras, got {tuple(imgs.shape)}")
     if backgrounds is None or isinstance(backgrounds, Tensor) and backgrounds.ndim == 1:
         backgrounds = [backgrounds] * num_objects
-    if groups is None:
-        groups = batch
-    elif groups.shape != (n,):
-        raise ValueError(f"groups must have shape ({n},), got {tuple(groups.shape)}")
-    scores = torch.full((n,), -float("inf"), dtype=gaussians.dtype, device=gaussians.device)
-    counts = counts_of(batch, num_objects)
-    for b in range(num_objects):  # one render per object, all its input views at once
-        if int(counts[b]) == 0:
-            continue
-        idx = torch.nonzero(batch == b, as_tuple=False).flatten()
-        scores[idx] = score_gaussians(gaussians[idx], cameras[b], images[b], cfg, backgrounds[b], backend,
-                                      sh_degree, generator)
-    index = top_k_per_group(scores, groups, cfg.k)
-    return Selection(index, take(batch, index), scores)
+    renders = None
+    if cfg.method == "gradient":
+        renders = [render_for_selection(gaussians[batch == b], cameras[b], backgrounds[b], backend, sh_degree)
+                   for b in range(num_objects)]
+    return select_from_renders(gaussians, batch, num_objects, renders, images, cfg, groups, generator=generator)
+

@@ -1,25 +1,19 @@
-"""Reconstruction models: image encoder (`vit`), object backbone (`lara`), scene backbone (`mvsplat`), and the
-object- and scene-level GD models (`object_gd`, `scene_gd`: backbone + selection + densifier)."""
+"""Reconstruction models: the backbone contract and registry (`backbone`), the one GD pipeline (`gd`), the object
+backbone (`lara`, image encoder `vit`), the scene backbone (`mvsplat`), the per-view tokens GD conditions on
+(`view_tokens`), and checkpoint loading (`loading`)."""
 
-from .lara import (
-    LaRaBackbone,
-    LaRaCoarse,
-    LaRaConfig,
-    LaRaRefined,
-    format_parameter_counts,
-    load_official_state_dict,
-    parameter_counts,
-    visible_masks,
-)
+from .backbone import BACKBONES, Backbone, Coarse, Conditioned, build_backbone, register_backbone
+from .gd import PRESETS, GDConfig, GDModel
+from .lara import LaRaBackbone, LaRaCoarse, LaRaConfig, LaRaRefined, load_official_state_dict, visible_masks
+from .loading import initialise_from, load_model
 from .mvsplat import MVSplatBackbone, MVSplatConfig, MVSplatOutput
-from .object_gd import ObjectGD, ObjectGDConfig
 from .output import Reconstruction
-from .scene_gd import SceneGD, SceneGDConfig
-from .vit import ViTConfig, VisionTransformer, WeightLoadingError, load_vit_weights
+from .view_tokens import ConditioningConfig, ViewConditioning
+from .vit import ViTConfig, VisionTransformer, load_vit_weights
 
 __all__ = [
-    "LaRaBackbone", "LaRaCoarse", "LaRaConfig", "LaRaRefined", "MVSplatBackbone", "MVSplatConfig", "MVSplatOutput",
-    "ObjectGD", "ObjectGDConfig", "Reconstruction", "SceneGD", "SceneGDConfig", "ViTConfig", "VisionTransformer",
-    "WeightLoadingError", "format_parameter_counts", "load_official_state_dict", "load_vit_weights",
-    "parameter_counts", "visible_masks",
+    "BACKBONES", "Backbone", "Coarse", "Conditioned", "ConditioningConfig", "GDConfig", "GDModel", "LaRaBackbone",
+    "LaRaCoarse", "LaRaConfig", "LaRaRefined", "MVSplatBackbone", "MVSplatConfig", "MVSplatOutput", "PRESETS",
+    "Reconstruction", "ViTConfig", "ViewConditioning", "VisionTransformer", "build_backbone", "initialise_from",
+    "load_model", "load_official_state_dict", "load_vit_weights", "register_backbone", "visible_masks",
 ]

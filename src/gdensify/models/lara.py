@@ -46,32 +46,40 @@ block LayerNorms with eps 1e-5 (the constructor's eps is ignored upstream), fp32
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from ..cameras import Cameras
+from ..cameras import Cameras, stack_cameras
+from ..data.batch import ViewBatch
 from ..gaussians import Gaussians
-from .vit import ViTConfig, VisionTransformer, WeightLoadingError, load_vit_weights
+from ..render import RenderOutput
+from .backbone import Backbone, Coarse, Conditioned, register_backbone
+from .view_tokens import grid_coordinates, project_points, sample_view_tokens, token_maps
+from ..config import Presets
+from ..io.weights import load_mapped
+from .vit import ViTConfig, VisionTransformer, load_vit_weights
 
 __all__ = [
     "LaRaConfig", "LaRaBackbone", "LaRaCoarse", "LaRaRefined", "ModLN", "CrossAttention", "GroupAttBlock",
     "VolumeTransformer", "GaussianHeads", "ImageEncoder", "rsh_cart_3", "plucker_sh", "visible_masks",
-    "parameter_counts", "format_parameter_counts", "load_official_state_dict",
+    "load_official_state_dict",
 ]
 
 
 # ---------------------------------------------------------------------------------------------------- config
 @dataclass
-class LaRaConfig:
-    """Shapes of the LaRa-style backbone. Presets: `paper()` (published GD/LaRa shapes) and `tiny()` (2 CPU cores)."""
+class LaRaConfig(Presets):
+    """Shapes of the LaRa-style backbone. Presets (`LaRaConfig.preset(name)`): `paper` (published GD/LaRa shapes)
+    and `tiny` (2 CPU cores)."""
 
-    encoder: ViTConfig = field(default_factory=ViTConfig.paper)
+    encoder: ViTConfig = field(default_factory=ViTConfig)
     encoder_weights: str | None = None  # local safetensors / torch file with timm key names; None = random init
     encoder_weights_prefix: str = ""  # e.g. "net.img_encoder.model." for a GD Lightning checkpoint
     image_size: int = 512  # the resolution the preset is meant for (any multiple of the patch size works)
@@ -93,6 +101,7 @@ class LaRaConfig:
     sample_pixel_shift: float = 0.5  # official quirk: +0.5 px before normalising grid_sample coordinates
     image_mean: tuple[float, ...] = (0.485, 0.456, 0.406)  # ImageNet statistics (timm's DINO data config)
     image_std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    name: Literal["lara"] = "lara"  # the backbone registry key
 
     def __post_init__(self) -> None:
         if isinstance(self.encoder, dict):
@@ -156,6 +165,11 @@ class LaRaConfig:
         return 2 * self.gaussian_feature_dim
 
     @property
+    def gd_feature_dim(self) -> int:
+        """The densifier's input width (the backbone contract's name for `feature_dim`)."""
+        return self.feature_dim
+
+    @property
     def num_sh_coeffs(self) -> int:
         return (self.sh_degree + 1) ** 2
 
@@ -164,22 +178,17 @@ class LaRaConfig:
         return 2 * (self.ray_sh_degree + 1) ** 2
 
     # ------------------------------------------------------------------ presets
-    @staticmethod
-    def paper() -> "LaRaConfig":
-        """Published shapes: DINO ViT-B/16 at 512², 16³ feature volume, 32³×256 query volume (12 layers, 16 heads),
-        64³ × 80 Gaussian volume → 262,144 coarse Gaussians, 160-d GD features."""
-        return LaRaConfig()
-
-    @staticmethod
-    def tiny() -> "LaRaConfig":
-        """For 2 CPU cores: 128² images, ViT patch 8 / 128 ch / 4 blocks (16² tokens), 8³ feature volume,
-        16³ × 64 query volume (4 layers, 4 heads, groups of 2³), 32³ × 32 Gaussian volume → 32,768 coarse
-        Gaussians, 64-d GD features. No half-pixel sampling quirk."""
-        return LaRaConfig(
-            encoder=ViTConfig.tiny(), image_size=128, feat_volume_size=8, volume_size=16, volume_dim=64,
-            volume_layers=4, volume_heads=4, groups=(8,), gaussian_feature_dim=32, fine_heads=4,
-            sample_pixel_shift=0.0,
-        )
+    PRESETS = {
+        # published shapes: DINO ViT-B/16 at 512², 16³ feature volume, 32³×256 query volume (12 layers, 16 heads),
+        # 64³ × 80 Gaussian volume → 262,144 coarse Gaussians, 160-d GD features
+        "paper": {},
+        # for 2 CPU cores: 128² images, ViT patch 8 / 128 ch / 4 blocks (16² tokens), 8³ feature volume, 16³ × 64
+        # query volume (4 layers, 4 heads, groups of 2³), 32³ × 32 Gaussian volume → 32,768 coarse Gaussians,
+        # 64-d GD features; no half-pixel sampling quirk
+        "tiny": dict(encoder=ViTConfig.preset("tiny"), image_size=128, feat_volume_size=8, volume_size=16,
+                     volume_dim=64, volume_layers=4, volume_heads=4, groups=(8,), gaussian_feature_dim=32,
+                     fine_heads=4, sample_pixel_shift=0.0),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -229,49 +238,6 @@ def dense_grid(resolution: int, half_size: float, device=None, dtype=torch.float
     a = torch.arange(resolution, device=device, dtype=dtype)
     grid = torch.stack(torch.meshgrid(a, a, a, indexing="ij"), dim=-1)
     return ((grid + 0.5) / resolution * 2 - 1) * half_size
-
-
-def project_points(
-    points: Float[Tensor, "*batch n 3"], world_to_camera: Float[Tensor, "*batch 4 4"],
-    intrinsics: Float[Tensor, "*batch 3 3"],
-) -> tuple[Float[Tensor, "*batch n 2"], Float[Tensor, "*batch n"]]:
-    """Pixel coordinates (u, v) and camera depth z of world points, for each camera of the batch."""
-    cam = points @ world_to_camera[..., :3, :3].transpose(-1, -2) + world_to_camera[..., None, :3, 3]
-    pix = cam @ intrinsics.transpose(-1, -2)
-    z = pix[..., 2]
-    return pix[..., :2] / z[..., None], cam[..., 2]
-
-
-def _grid_coords(uv: Tensor, z: Tensor, width: int, height: int, shift: float) -> Tensor:
-    """`grid_sample` coordinates (align_corners=False); points at or behind the camera are sent outside."""
-    size = uv.new_tensor([width, height])
-    g = (uv + shift) / size * 2 - 1
-    return torch.where((z > 1e-6)[..., None], g, torch.full_like(g, 2.0))
-
-
-def camera_tensors(
-    cameras: Cameras | Sequence[Cameras], batch: int, views: int, width: int, height: int,
-) -> tuple[Float[Tensor, "b v 4 4"], Float[Tensor, "b v 3 3"]]:
-    """(world_to_camera, intrinsics) as (B, V, ·, ·), intrinsics rescaled to a width × height image."""
-    if isinstance(cameras, Cameras):
-        if len(cameras) != batch * views:
-            raise ValueError(f"expected {batch}·{views} = {batch * views} cameras (object-major), got {len(cameras)}")
-        parts = [cameras]
-    else:
-        parts = list(cameras)
-        if len(parts) != batch or any(len(c) != views for c in parts):
-            raise ValueError(f"expected {batch} Cameras of {views} views each, got "
-                             f"{[len(c) for c in parts]}")
-    w2c, ks = [], []
-    for cams in parts:
-        k = cams.intrinsics
-        if (cams.width, cams.height) != (width, height):
-            k = k.clone()
-            k[:, 0] = k[:, 0] * (width / cams.width)
-            k[:, 1] = k[:, 1] * (height / cams.height)
-        w2c.append(cams.world_to_camera)
-        ks.append(k)
-    return torch.cat(w2c).reshape(batch, views, 4, 4), torch.cat(ks).reshape(batch, views, 3, 3)
 
 
 def token_plucker(
@@ -503,12 +469,19 @@ class LaRaRefined:
 
 
 # ---------------------------------------------------------------------------------------------------- backbone
-class LaRaBackbone(nn.Module):
-    """See the module docstring. `forward(images, cameras) -> LaRaCoarse`; `refine(...) -> list[LaRaRefined]`."""
+@register_backbone("lara", LaRaConfig)
+class LaRaBackbone(Backbone):
+    """See the module docstring. `encode(images, cameras) -> LaRaCoarse`; `refine(...) -> list[LaRaRefined]`;
+    the backbone contract (`forward(batch) -> Coarse`, `condition`) on top of them. The densifier's config is not
+    needed (LaRa's refinement heads exist with or without it)."""
 
-    def __init__(self, config: LaRaConfig | None = None) -> None:
+    render_in_graph = True  # the refinement trains through the coarse render
+    COMPONENTS = {"image_encoder": ("img_encoder",), "dir_norm": ("dir_norm",), "view_embed": ("view_embed",),
+                  "volume_transformer": ("vol_decoder",), "lara_heads": ("decoder",)}
+
+    def __init__(self, config: LaRaConfig | None = None, densifier: object = None) -> None:
         super().__init__()
-        self.config = cfg = config or LaRaConfig.paper()
+        self.config = cfg = config or LaRaConfig()
         enc_dim = cfg.encoder.embed_dim
         self.img_encoder = ImageEncoder(cfg.encoder, cfg.image_mean, cfg.image_std)
         self.dir_norm = ModLN(enc_dim, cfg.cond_dim, eps=1e-6)
@@ -552,14 +525,14 @@ class LaRaBackbone(nn.Module):
             w2c, k = w2c.float(), k.float()
             cond = plucker_sh(token_plucker(w2c, k, gh, gw, cfg.encoder.patch_size), cfg.ray_sh_degree)
             uv, z = project_points(self.volume_grid.reshape(1, -1, 3).float(), w2c, k)
-            grid = _grid_coords(uv, z, width, height, cfg.sample_pixel_shift)
+            grid = grid_coordinates(uv, z, width, height, cfg.sample_pixel_shift)
         tokens = self.dir_norm(tokens.permute(0, 2, 3, 1), cond).permute(0, 3, 1, 2)
         sampled = F.grid_sample(tokens.float(), grid[:, None].float(), mode="bilinear", padding_mode="zeros",
                                 align_corners=False)
         f = cfg.feat_volume_size
         return sampled.reshape(bv, c, f, f, f).to(tokens.dtype)
 
-    def forward(self, images: Float[Tensor, "b v h w 3"], cameras: Cameras | Sequence[Cameras]) -> LaRaCoarse:
+    def encode(self, images: Float[Tensor, "b v h w 3"], cameras: Cameras | Sequence[Cameras]) -> LaRaCoarse:
         """Steps 1–6 of Appendix B for B objects at once: coarse Gaussians and voxel features."""
         cfg = self.config
         if images.ndim != 5 or images.shape[-1] != 3:
@@ -567,7 +540,7 @@ class LaRaBackbone(nn.Module):
         b, v, h, w, _ = images.shape
         if v > cfg.max_views:
             raise ValueError(f"at most {cfg.max_views} input views (view-embedding slots), got {v}")
-        w2c, k = camera_tensors(cameras, b, v, w, h)
+        w2c, k = stack_cameras(cameras, b, v, w, h)
         w2c, k = w2c.to(images.device, torch.float32), k.to(images.device, torch.float32)
 
         tokens = self.img_encoder(images.reshape(b * v, h, w, 3))
@@ -593,15 +566,10 @@ class LaRaBackbone(nn.Module):
         alpha: Float[Tensor, "v h w 1"], depth: Float[Tensor, "v h w 1"], w2c: Float[Tensor, "v 4 4"],
         k: Float[Tensor, "v 3 3"],
     ) -> Float[Tensor, "m v 8"]:
-        """Per view: [input RGB, coarse RGB, coarse alpha, |coarse depth − point camera z|] at the projected means."""
-        v, h, w = images.shape[:3]
-        stack = torch.cat([images.float(), rgb.float(), alpha.float(), depth.float()], dim=-1).permute(0, 3, 1, 2)
-        with torch.autocast(means.device.type, enabled=False):  # camera geometry in float32
-            uv, z = project_points(means.float()[None], w2c.float(), k.float())
-            grid = _grid_coords(uv, z, w, h, self.config.sample_pixel_shift)
-        s = F.grid_sample(stack, grid[:, None], mode="bilinear", padding_mode="zeros", align_corners=False)[:, :, 0]
-        s = torch.cat([s[:, :7], (s[:, 7:] - z[:, None]).abs()], dim=1)  # (V, 8, M)
-        return s.permute(2, 0, 1)
+        """Per view: [input RGB, coarse RGB, coarse alpha, |coarse depth − point camera z|] at the projected means
+        (`view_tokens.sample_view_tokens`, zero padding, the config's pixel shift)."""
+        return sample_view_tokens(means, w2c, k, token_maps(images, rgb, alpha, depth),
+                                  self.config.sample_pixel_shift, padding="zeros")
 
     def refine(
         self, coarse: LaRaCoarse, images: Float[Tensor, "b v h w 3"], rgb: Float[Tensor, "b v h w 3"],
@@ -651,6 +619,35 @@ class LaRaBackbone(nn.Module):
         return out
 
 
+    # ------------------------------------------------------------------ the backbone contract
+    def forward(self, batch: ViewBatch, generator: torch.Generator | None = None) -> Coarse:
+        """`encode` on the batch's input views; candidates = the visible set (`visible_masks`, randomly thinned in
+        training with `generator`); one group per object."""
+        lara = self.encode(batch.input_images, batch.input_cameras)
+        b, n = lara.means.shape[:2]
+        gaussians = Gaussians(lara.means.reshape(b * n, 3), lara.quats.reshape(b * n, 4),
+                              lara.log_scales.reshape(b * n, 3), lara.opacity_logits.reshape(b * n),
+                              lara.sh.reshape(b * n, *lara.sh.shape[2:]))
+        item = torch.arange(b, device=lara.means.device).repeat_interleave(n)
+        visible = visible_masks(lara, training=self.training, generator=generator)
+        return Coarse(gaussians, item, item, b, b, candidates=visible.reshape(-1), state=lara)
+
+    def condition(self, coarse: Coarse, batch: ViewBatch, render: list[RenderOutput], index: Int[Tensor, " S"],
+                  conditioning: nn.Module | None = None) -> Conditioned:
+        """LaRa refinement of every visible Gaussian from the coarse render: the selected ones' GD features, and
+        the coarse set with the refined SH (what the fine set keeps of the non-selected ones)."""
+        lara: LaRaCoarse = coarse.state
+        b, n = lara.means.shape[:2]
+        refined = self.refine(lara, batch.input_images, torch.stack([r.image for r in render]),
+                              torch.stack([r.alpha for r in render]), torch.stack([r.depth for r in render]),
+                              coarse.candidates.reshape(b, n))
+        visible = torch.cat([r.index + i * n for i, r in enumerate(refined)])  # ascending flat indices
+        features = torch.cat([r.features for r in refined])
+        sh = coarse.gaussians.sh.index_copy(0, visible, torch.cat([r.gaussians.sh for r in refined]))
+        kept = dataclasses.replace(coarse.gaussians, sh=sh)
+        return Conditioned(features[torch.searchsorted(visible, index)], kept)
+
+
 # ---------------------------------------------------------------------------------------------------- utilities
 def visible_masks(
     coarse: LaRaCoarse | Float[Tensor, "b n"], threshold: float = 0.005, training: bool = False,
@@ -678,30 +675,6 @@ def visible_masks(
     return torch.stack(out)
 
 
-def _count(params) -> int:
-    return sum(p.numel() for p in params)
-
-
-def parameter_counts(model: LaRaBackbone) -> dict[str, int]:
-    """Parameters per component (names as in spec §6): image_encoder (DINO), dir_norm, view_embed,
-    volume_transformer, lara_heads, and total. Works on meta-device models."""
-    counts = {
-        "image_encoder": _count(model.img_encoder.parameters()),
-        "dir_norm": _count(model.dir_norm.parameters()),
-        "view_embed": model.view_embed.numel(),
-        "volume_transformer": _count(model.vol_decoder.parameters()),
-        "lara_heads": _count(model.decoder.parameters()),
-    }
-    counts["total"] = _count(model.parameters())
-    return counts
-
-
-def format_parameter_counts(counts: dict[str, int]) -> str:
-    """A small aligned table, one component per line."""
-    width = max(len(k) for k in counts)
-    return "\n".join(f"{k:<{width}}  {v:>13,d}  ({v / 1e6:8.3f} M)" for k, v in counts.items())
-
-
 _OFFICIAL_IGNORED = ("volume_grid", "group_centers", "dense_grid", "centers")
 
 
@@ -710,15 +683,9 @@ def load_official_state_dict(model: LaRaBackbone, state: dict[str, Tensor]) -> L
 
     The densifier (`net.dec.*`) and the persistent grid buffers are skipped; anything else must match exactly,
     otherwise `WeightLoadingError` lists the differences."""
-    if any(k.startswith("net.") for k in state):
-        state = {k[4:]: t for k, t in state.items() if k.startswith("net.")}
-    state = {k: t for k, t in state.items() if not k.startswith("dec.") and k not in _OFFICIAL_IGNORED}
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    bad = sorted(f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-                 for k in set(own) & set(state) if state[k].shape != own[k].shape)
-    if missing or unexpected or bad:
-        raise WeightLoadingError(f"checkpoint does not match the backbone: missing {missing}, "
-                                 f"unexpected {unexpected}, shape mismatches {bad}")
-    model.load_state_dict(state, strict=True)
+    def key(name: str) -> str | None:
+        name = name[4:] if name.startswith("net.") else name
+        return None if name.startswith("dec.") or name in _OFFICIAL_IGNORED else name
+
+    load_mapped(model, state, key, source="official GD checkpoint (backbone)")
     return model

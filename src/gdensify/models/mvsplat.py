@@ -46,6 +46,7 @@ or (B,) tensors, or None to take them from the `Cameras` objects.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,13 +54,20 @@ from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from ..cameras import Cameras
+from ..cameras import Cameras, stack_cameras
+from ..data.batch import ViewBatch
+from ..densify import DensifierConfig, DensifierResult, attributes_to_gaussians, split_opacity_logits
 from ..gaussians import Gaussians
+from ..config import Presets
+from ..io.weights import load_mapped, read_state_dict
+from ..render import RenderOutput
+from .backbone import Backbone, Coarse, Conditioned, register_backbone
 from .mvsplat_geometry import adapt_attributes, disparity_candidates, pixel_centers, plane_sweep_correlation
 from .mvsplat_layers import IMAGENET_MEAN, IMAGENET_STD, CNNEncoder, MultiViewTransformer, RefinementNet
+from .view_tokens import VIEW_TOKEN_DIM, ConditioningConfig, ViewConditioning, sample_view_tokens, token_maps
 
 # The `paper` preset's parameter count is checked against this: MVSplat's "#Param (M) 12" in the GD project page's
 # RealEstate10K table (shared/reference/paper_and_mvsplat.md §1b).
@@ -67,7 +75,7 @@ PAPER_PARAMETERS_M = 12.0
 
 
 @dataclass
-class MVSplatConfig:
+class MVSplatConfig(Presets):
     """Sizes of the MVSplat-style backbone. Defaults = the `paper` preset (MVSplat's RE10K model)."""
 
     # feature backbone
@@ -97,6 +105,10 @@ class MVSplatConfig:
     pixel_offsets: bool = True  # learned sub-pixel offsets of the ray in [-0.5, 0.5] px (MVSplat); False = centre
     depth_mode: Literal["ray", "z"] = "ray"
     feature_backbone_weights: str | None = None  # optional local file initialising `cnn` + `transformer`
+    # GD hooks (used only when the model densifies)
+    conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)
+    leaf_init: Literal["zero", "parent"] = "zero"  # residual attributes start at zero (release) or at the parent
+    name: Literal["mvsplat"] = "mvsplat"  # the backbone registry key
 
     def __post_init__(self) -> None:
         def positive(name: str) -> None:
@@ -147,25 +159,39 @@ class MVSplatConfig:
             raise ValueError(f"MVSplatConfig.scale_multiplier must be positive, got {self.scale_multiplier}")
         if self.depth_mode not in ("ray", "z"):
             raise ValueError(f"MVSplatConfig.depth_mode must be 'ray' or 'z', got {self.depth_mode!r}")
+        if isinstance(self.conditioning, dict):
+            self.conditioning = ConditioningConfig(**self.conditioning)
+        if self.leaf_init not in ("zero", "parent"):
+            raise ValueError(f"leaf_init must be 'zero' or 'parent', got {self.leaf_init!r}")
+
+    def check_densifier(self, densifier: DensifierConfig) -> None:
+        """The densifier settings GD on this backbone needs (raises ValueError)."""
+        if self.leaf_init == "parent":
+            if not (densifier.residual_attributes and densifier.head_before_split):
+                raise ValueError("leaf_init='parent' needs densifier.residual_attributes=true and "
+                                 "densifier.head_before_split=true")
+            if densifier.sh_degree != self.sh_degree:
+                raise ValueError(f"leaf_init='parent' needs densifier.sh_degree ({densifier.sh_degree}) equal to "
+                                 f"backbone.sh_degree ({self.sh_degree})")
 
     # ------------------------------------------------------------------ presets
-    @staticmethod
-    def paper() -> "MVSplatConfig":
-        """MVSplat's RealEstate10K model (config/experiment/re10k.yaml over costvolume.yaml): ~12 M parameters."""
-        return MVSplatConfig()
-
-    @staticmethod
-    def tiny() -> "MVSplatConfig":
-        """Trains on 2 CPU cores at 64²–128² with 2 views; same structure, small channels, 32 depth candidates."""
-        return MVSplatConfig(
-            cnn_channels=(16, 24, 32), d_feature=32, transformer_layers=2, transformer_heads=1, ffn_expansion=2,
-            attn_splits=2, num_depth_candidates=32, costvolume_unet_channels=32,
-            costvolume_unet_channel_mult=(1, 1, 1), costvolume_unet_attn_levels=(4,), costvolume_depth_chunk=32,
-            depth_unet_channels=16, depth_unet_channel_mult=(1, 1, 1, 1), depth_unet_attn_levels=(8,),
-            unet_head_channels=16, sh_degree=2,
-        )
+    PRESETS = {
+        # MVSplat's RealEstate10K model (config/experiment/re10k.yaml over costvolume.yaml): ~12 M parameters
+        "paper": {},
+        # trains on 2 CPU cores at 64²–128² with 2 views; same structure, small channels, 32 depth candidates
+        "tiny": dict(cnn_channels=(16, 24, 32), d_feature=32, transformer_layers=2, transformer_heads=1,
+                     ffn_expansion=2, attn_splits=2, num_depth_candidates=32, costvolume_unet_channels=32,
+                     costvolume_unet_channel_mult=(1, 1, 1), costvolume_unet_attn_levels=(4,),
+                     costvolume_depth_chunk=32, depth_unet_channels=16, depth_unet_channel_mult=(1, 1, 1, 1),
+                     depth_unet_attn_levels=(8,), unet_head_channels=16, sh_degree=2),
+    }
 
     # ------------------------------------------------------------------ derived sizes
+    @property
+    def gd_feature_dim(self) -> int:
+        """The densifier's input width: the view conditioning's output, 2·`conditioning.width`."""
+        return 2 * self.conditioning.width
+
     @property
     def feature_dim(self) -> int:
         """Channels of the per-Gaussian feature (the Gaussian head's input): refinement + RGB + full-res features."""
@@ -189,20 +215,6 @@ class MVSplatConfig:
         depth = 2 ** (len(self.depth_unet_channel_mult) - 1)
         m = 4 * cv
         return m * depth // math.gcd(m, depth)
-
-
-PRESETS = {"paper": MVSplatConfig.paper, "tiny": MVSplatConfig.tiny}
-
-
-def mvsplat_config(name: str, **overrides) -> MVSplatConfig:
-    """A named preset (`paper`, `tiny`) with keyword overrides."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown MVSplat preset {name!r}; known: {sorted(PRESETS)}")
-    cfg = PRESETS[name]()
-    if overrides:
-        from dataclasses import replace
-        cfg = replace(cfg, **overrides)
-    return cfg
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -292,15 +304,21 @@ def split_head_output(raw: Float[Tensor, "*batch R"]) -> tuple[Tensor, Tensor, T
 # ---------------------------------------------------------------------------------------------------------------------
 # Model
 # ---------------------------------------------------------------------------------------------------------------------
-class MVSplatBackbone(nn.Module):
-    """The MVSplat-style encoder: see the module docstring. `forward(images, cameras, near, far)`."""
+@register_backbone("mvsplat", MVSplatConfig)
+class MVSplatBackbone(Backbone):
+    """The MVSplat-style encoder: see the module docstring. `encode(images, cameras, near, far) -> MVSplatOutput`;
+    the backbone contract on top of it (pixel-aligned: one selection group per context view; GD conditioning by
+    per-view tokens, `view_tokens.ViewConditioning`; leaves activated by MVSplat's adapter)."""
 
-    def __init__(self, config: MVSplatConfig | None = None, load_feature_weights: bool = True) -> None:
+    def __init__(self, config: MVSplatConfig | None = None, load_feature_weights: bool = True,
+                 densifier: DensifierConfig | None = None) -> None:
         """`load_feature_weights`: read `config.feature_backbone_weights` (when set) now; pass False when the
-        whole model is about to be restored from a checkpoint, so the initialisation file need not exist."""
+        whole model is about to be restored from a checkpoint, so the initialisation file need not exist.
+        `densifier`: the densifier's config when the model densifies (the hooks read its shifts)."""
         super().__init__()
-        cfg = config if config is not None else MVSplatConfig.paper()
+        cfg = config if config is not None else MVSplatConfig()
         self.config = cfg
+        self.densifier_config = densifier
         c, d = cfg.d_feature, cfg.num_depth_candidates
         zero = cfg.zero_init_residual
         # 1. feature backbone
@@ -344,13 +362,6 @@ class MVSplatBackbone(nn.Module):
         "gaussian_head": ("gaussian_head",),
     }
 
-    def parameter_counts(self) -> dict[str, int]:
-        """Parameters per component and in total."""
-        counts = {name: sum(p.numel() for m in mods for p in getattr(self, m).parameters())
-                  for name, mods in self.COMPONENTS.items()}
-        counts["total"] = sum(p.numel() for p in self.parameters())
-        return counts
-
     def parameter_table(self) -> str:
         counts = self.parameter_counts()
         width = max(len(k) for k in counts)
@@ -382,51 +393,9 @@ class MVSplatBackbone(nn.Module):
         (`encoder.backbone.backbone.*`, `encoder.backbone.transformer.*`) or UniMatch's (`backbone.*`,
         `transformer.*`). Keys outside the feature backbone are ignored and reported. Raises ValueError naming the
         file and the keys when backbone keys are missing (strict), unknown, or of the wrong shape."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"feature backbone weights: no file at {path}")
-        try:
-            if path.suffix == ".safetensors":
-                from safetensors.torch import load_file
-                state = load_file(str(path))
-            else:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001
-            raise ValueError(f"feature backbone weights: cannot read {path}: {err}") from err
-        for wrapper in ("model", "state_dict"):
-            if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-                state = state[wrapper]
-        if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-            raise ValueError(f"feature backbone weights: {path} does not hold a state dict of tensors")
-        own = self.feature_backbone_state_dict()
-        mapped: dict[str, Tensor] = {}
-        ignored, unknown, mismatched = [], [], []
-        for key, value in state.items():
-            name = self._map_backbone_key(key)
-            if name is None:
-                ignored.append(key)
-            elif name not in own:
-                unknown.append(key)
-            elif tuple(own[name].shape) != tuple(value.shape):
-                mismatched.append(f"{key}: file {tuple(value.shape)} vs model {tuple(own[name].shape)}")
-            else:
-                mapped[name] = value
-        missing = sorted(set(own) - set(mapped))
-        problems = []
-        if mismatched:
-            problems.append(f"shape mismatch for {mismatched[:10]}")
-        if unknown:
-            problems.append(f"unknown feature-backbone keys {sorted(unknown)[:10]}")
-        if missing and strict:
-            problems.append(f"missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''} "
-                            f"({len(missing)} of {len(own)})")
-        if problems:
-            raise ValueError(f"feature backbone weights {path}: " + "; ".join(problems))
-        with torch.no_grad():
-            params = dict(self.named_parameters())
-            for name, value in mapped.items():
-                params[name].copy_(value.to(params[name]))
-        return {"loaded": sorted(mapped), "missing": missing, "ignored": sorted(ignored)}
+        report = load_mapped(self, read_state_dict(path), self._map_backbone_key, strict,
+                             source=f"feature backbone weights {path}", scope=("cnn.", "transformer."))
+        return {"loaded": report.loaded, "missing": report.missing, "ignored": report.ignored}
 
     # ------------------------------------------------------------------ inputs
     def _parse_inputs(self, images: Tensor, cameras, near, far):
@@ -452,24 +421,13 @@ class MVSplatBackbone(nn.Module):
         dtype, device = images.dtype, images.device
 
         cam_near = cam_far = None
-        if isinstance(cameras, Cameras):
-            if len(cameras) == b * v:
-                cameras = [cameras[i * v:(i + 1) * v] for i in range(b)]
-            else:
-                raise ValueError(f"MVSplatBackbone: a single Cameras must hold B·V = {b * v} views, got {len(cameras)}")
-        if isinstance(cameras, (list, tuple)) and len(cameras) > 0 and all(isinstance(c, Cameras) for c in cameras):
-            if len(cameras) != b:
-                raise ValueError(f"MVSplatBackbone: got {len(cameras)} Cameras for a batch of {b} scenes")
-            for i, cam in enumerate(cameras):
-                if len(cam) != v:
-                    raise ValueError(f"MVSplatBackbone: Cameras of scene {i} holds {len(cam)} views, images have {v}")
-                if (cam.width, cam.height) != (w, h):
-                    raise ValueError(f"MVSplatBackbone: Cameras of scene {i} are {cam.width}x{cam.height}, images "
-                                     f"are {w}x{h} (intrinsics must be in pixels of the input images)")
-            w2c = torch.stack([cam.world_to_camera for cam in cameras]).to(device=device, dtype=dtype)
-            k = torch.stack([cam.intrinsics for cam in cameras]).to(device=device, dtype=dtype)
-            cam_near = torch.tensor([cam.near for cam in cameras], dtype=dtype, device=device)
-            cam_far = torch.tensor([cam.far for cam in cameras], dtype=dtype, device=device)
+        if isinstance(cameras, Cameras) or (isinstance(cameras, (list, tuple)) and len(cameras) > 0
+                                            and all(isinstance(c, Cameras) for c in cameras)):
+            w2c, k = stack_cameras(cameras, b, v, w, h, rescale=False)
+            w2c, k = w2c.to(device=device, dtype=dtype), k.to(device=device, dtype=dtype)
+            items = [cameras[i * v:(i + 1) * v] for i in range(b)] if isinstance(cameras, Cameras) else cameras
+            cam_near = torch.tensor([cam.near for cam in items], dtype=dtype, device=device)
+            cam_far = torch.tensor([cam.far for cam in items], dtype=dtype, device=device)
         elif isinstance(cameras, (list, tuple)) and len(cameras) == 2 and all(isinstance(t, Tensor) for t in cameras):
             w2c, k = cameras
             if tuple(w2c.shape) != (b, v, 4, 4) or tuple(k.shape) != (b, v, 3, 3):
@@ -508,7 +466,7 @@ class MVSplatBackbone(nn.Module):
         return w2c, k, near_t, far_t
 
     # ------------------------------------------------------------------ forward
-    def forward(
+    def encode(
         self,
         images: Float[Tensor, "B V H W 3"],
         cameras: Sequence[Cameras] | Cameras | tuple[Tensor, Tensor],
@@ -568,6 +526,77 @@ class MVSplatBackbone(nn.Module):
             coarse_depth=(1.0 / coarse_disp).reshape(b, v, hf, wf), near=near_t, far=far_t,
         )
 
+    # ------------------------------------------------------------------ the backbone contract
+    def forward(self, batch: ViewBatch, generator: torch.Generator | None = None) -> Coarse:
+        """`encode` on the batch's context views (near/far from their `Cameras`); one group per context view."""
+        out = self.encode(batch.input_images, batch.input_cameras)
+        b, v, h, w = out.opacity_logits.shape
+        k = out.sh.shape[-2]
+        gaussians = Gaussians(out.means.reshape(-1, 3), out.quats.reshape(-1, 4), out.log_scales.reshape(-1, 3),
+                              out.opacity_logits.reshape(-1), out.sh.reshape(-1, k, 3))
+        item = torch.arange(b, device=out.means.device).repeat_interleave(v * h * w)
+        group = item * v + out.view_index().repeat(b)  # item·V + view
+        return Coarse(gaussians, item, group, b, b * v, state=out)
+
+    def build_conditioning(self) -> nn.Module:
+        cond = self.config.conditioning
+        return ViewConditioning(self.config.feature_dim, cond.width, cond.heads)
+
+    def init_densifier(self, densifier: nn.Module) -> None:
+        """With ``leaf_init="parent"`` every leaf starts as a copy of its parent: the heads' corrections are zero."""
+        if self.config.leaf_init == "parent":
+            densifier.zero_init_heads()
+
+    def condition(self, coarse: Coarse, batch: ViewBatch, render: list[RenderOutput], index: Int[Tensor, " S"],
+                  conditioning: nn.Module | None = None) -> Conditioned:
+        """The selected Gaussians' head-input features and their 8-D tokens in every context view (border
+        padding, detached) → `conditioning`; with ``leaf_init="parent"`` their raw attributes start the
+        densifier's residual sum."""
+        out: MVSplatOutput = coarse.state
+        b, v = out.batch_size, out.num_views
+        images = batch.input_images
+        selected_item = coarse.item[index]
+        tokens = torch.empty(len(index), v, VIEW_TOKEN_DIM, dtype=images.dtype, device=images.device)
+        with torch.no_grad():
+            w2c, k = stack_cameras(batch.input_cameras, b, v, images.shape[3], images.shape[2], rescale=False)
+            for i in range(b):
+                rows = torch.nonzero(selected_item == i, as_tuple=False).flatten()
+                maps = token_maps(images[i], render[i].image, render[i].alpha, render[i].depth)
+                tokens[rows] = sample_view_tokens(coarse.gaussians.means[index[rows]], w2c[i].to(images),
+                                                  k[i].to(images), maps, padding="border").to(tokens)
+        features = out.features.reshape(len(coarse), -1)[index]
+        initial = None
+        if self.config.leaf_init == "parent":
+            initial = out.raw_attributes().reshape(len(coarse), -1)[index]
+            initial[:, 3 * self.config.num_sh] -= self.densifier_config.opacity_shift  # the densifier adds it back
+        return Conditioned(conditioning(features, tokens), coarse.gaussians, initial)
+
+    def finalize(self, result: DensifierResult, coarse: Coarse, batch: ViewBatch) -> Gaussians:
+        """The densifier's raw head outputs activated by MVSplat's adapter in the axes of the context camera each
+        leaf's view came from (scale ∝ distance to that camera; quaternion and SH rotated to world axes);
+        opacity = sigmoid(raw + the densifier's `opacity_shift`). With ``leaf_init="parent"`` the n leaves of one
+        parent split its opacity: each gets 1 − (1 − σ(raw))^(1/n), so that together they are exactly as opaque
+        as the parent at their centres."""
+        dcfg = self.densifier_config
+        raw = attributes_to_gaussians(result.gaussians.means, result.attributes, dcfg.sh_degree,
+                                      opacity_shift=dcfg.opacity_shift, log_scale_shift=0.0)
+        if self.config.leaf_init == "parent":
+            leaves = torch.bincount(result.parent)[result.parent]  # leaves of each fine Gaussian's parent
+            raw = dataclasses.replace(raw, opacity_logits=split_opacity_logits(raw.opacity_logits, leaves))
+        cameras = batch.input_cameras
+        views = len(cameras[0])
+        parts, start = [], 0
+        for group, count in enumerate(result.counts.tolist()):  # rows are grouped by group = item·V + view
+            g = raw[start: start + count]
+            start += count
+            cam = cameras[group // views][group % views]
+            c2w = cam.camera_to_world.to(g.means)
+            distance = (g.means - c2w[0, :3, 3]).norm(dim=-1)
+            log_scales, quats, sh = self.activate_attributes(g.log_scales, g.quats, g.sh, distance, c2w,
+                                                             cam.intrinsics.to(g.means))
+            parts.append(Gaussians(g.means, quats, log_scales, g.opacity_logits, sh))
+        return Gaussians.cat(parts)
+
     def activate_attributes(self, raw_scales: Tensor, raw_quats: Tensor, raw_sh: Tensor, distance: Tensor,
                             camera_to_world: Tensor, intrinsics: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """`mvsplat_geometry.adapt_attributes` with this model's scale range → (log_scales, quats, sh) in world
@@ -602,17 +631,3 @@ class MVSplatBackbone(nn.Module):
         return {"means": means, "quats": quats, "log_scales": log_scales, "opacity_logits": raw_density,
                 "sh": sh, "head_output": raw, "pixel_xy": xy}
 
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m gdensify.models.mvsplat [paper|tiny]`: parameter counts per component."""
-    import sys
-
-    names = list(argv if argv is not None else sys.argv[1:]) or ["paper", "tiny"]
-    for name in names:
-        model = MVSplatBackbone(mvsplat_config(name))
-        print(f"MVSplat backbone, preset {name!r}")
-        print(model.parameter_table())
-
-
-if __name__ == "__main__":
-    main()

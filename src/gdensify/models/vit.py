@@ -24,12 +24,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
+
+from ..config import Presets
+from ..io.weights import WeightLoadingError, load_mapped, read_state_dict
 
 __all__ = [
     "ViTConfig", "VisionTransformer", "WeightLoadingError", "load_vit_weights", "read_state_dict",
@@ -38,7 +41,7 @@ __all__ = [
 
 
 @dataclass
-class ViTConfig:
+class ViTConfig(Presets):
     """Shapes of a plain ViT. `img_size` is the resolution the position embedding grid is stored for."""
 
     img_size: int = 224
@@ -61,19 +64,10 @@ class ViTConfig:
     def grid_size(self) -> int:
         return self.img_size // self.patch_size
 
-    @staticmethod
-    def paper() -> "ViTConfig":
-        """DINO ViT-B/16 (timm `vit_base_patch16_224.dino`): 768 ch, 12 blocks, 12 heads, 14² position grid."""
-        return ViTConfig()
-
-    @staticmethod
-    def tiny() -> "ViTConfig":
-        """A small ViT for 128² inputs on CPU: patch 8 (16² tokens), 128 ch, 4 blocks, 4 heads."""
-        return ViTConfig(img_size=128, patch_size=8, embed_dim=128, depth=4, num_heads=4)
-
-
-class WeightLoadingError(ValueError):
-    """A weight file does not match the model; the message lists missing/unexpected keys and bad shapes."""
+    PRESETS = {
+        "paper": {},  # DINO ViT-B/16 (timm `vit_base_patch16_224.dino`): 768 ch, 12 blocks, 12 heads, 14² grid
+        "tiny": dict(img_size=128, patch_size=8, embed_dim=128, depth=4, num_heads=4),  # 128² on CPU, 16² tokens
+    }
 
 
 # ---------------------------------------------------------------------------------------------------- modules
@@ -211,36 +205,8 @@ class VisionTransformer(nn.Module):
         tokens = self.forward_features(x)[:, self.num_prefix_tokens:]
         return tokens.transpose(1, 2).reshape(n, self.embed_dim, h // p, w // p)
 
-    @classmethod
-    def from_file(cls, path: str | Path, config: ViTConfig | None = None, prefix: str = "",
-                  ignore_prefixes: tuple[str, ...] = ()) -> "VisionTransformer":
-        model = cls(config)
-        load_vit_weights(model, path, prefix=prefix, ignore_prefixes=ignore_prefixes)
-        return model
-
 
 # ---------------------------------------------------------------------------------------------------- loading
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Tensors of a local `.safetensors` file or a torch checkpoint (`weights_only=True`).
-
-    A torch checkpoint holding a dict under "state_dict", "model" or "module" (Lightning, DINO's own format,
-    DDP wrappers) is unwrapped."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no weight file at {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return dict(load_file(str(path), device="cpu"))
-    obj: Any = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model", "module"):
-        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
-            obj = obj[key]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise WeightLoadingError(f"{path} does not hold a state dict of tensors")
-    return dict(obj)
-
-
 def load_vit_weights(
     model: VisionTransformer, source: str | Path | Mapping[str, Tensor], prefix: str = "",
     ignore_prefixes: tuple[str, ...] = (),
@@ -264,18 +230,5 @@ def load_vit_weights(
                 f"pos_embed has shape {tuple(pe.shape)}, cannot resample to {tuple(own['pos_embed'].shape)}")
         g = model.config.grid_size
         state["pos_embed"] = resample_pos_embed(pe, (g, g), model.num_prefix_tokens)
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    bad_shapes = sorted(f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                        for k in set(own) & set(state) if state[k].shape != own[k].shape)
-    if missing or unexpected or bad_shapes:
-        lines = ["ViT weights do not match the model (expected timm key names, e.g. 'blocks.0.attn.qkv.weight'):"]
-        if missing:
-            lines.append(f"  missing keys ({len(missing)}): {missing}")
-        if unexpected:
-            lines.append(f"  unexpected keys ({len(unexpected)}): {unexpected}")
-        if bad_shapes:
-            lines.append(f"  shape mismatches ({len(bad_shapes)}): {bad_shapes}")
-        raise WeightLoadingError("\n".join(lines))
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
+    load_mapped(model, state, source="ViT weights (timm key names, e.g. 'blocks.0.attn.qkv.weight')")
     return model
