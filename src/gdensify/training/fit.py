@@ -33,7 +33,7 @@ from ..config import dump_yaml, to_dict
 from ..data.batch import ViewBatch, ViewExample
 from ..evaluation.evaluate import evaluate_example
 from ..io import atomic_path, save_checkpoint
-from ..models.loading import initialise_from
+from ..models.loading import MODEL_KIND, initialise_from
 from .experiment import Experiment
 from .sampling import StepSampler
 from .system import ReconstructionSystem
@@ -125,7 +125,7 @@ def weight_checksum(model: torch.nn.Module) -> torch.Tensor:
 
 def export_weights(model: torch.nn.Module, experiment: Experiment, path: Path, step: int) -> Path:
     """`model.safetensors`: weights, the model config, and the whole experiment (the training recipe)."""
-    return save_checkpoint(path, model.state_dict(), experiment.kind, to_dict(experiment.model),
+    return save_checkpoint(path, model.state_dict(), MODEL_KIND, to_dict(experiment.model),
                            extra={"gdensify.experiment": json.dumps(to_dict(experiment)),
                                   "gdensify.step": str(step)})
 
@@ -175,7 +175,7 @@ def fit(experiment: Experiment, resume: bool = False, progress: bool = True,
     model = experiment.build_model()
     report = progress and os.environ.get("LOCAL_RANK", "0") == "0"
     if cfg.init_weights and not resume:  # a resumed run restores every weight from last.ckpt
-        fresh = initialise_from(model, cfg.init_weights, experiment.kind)
+        fresh = initialise_from(model, cfg.init_weights)
         if report:
             print(f"initialised from {cfg.init_weights}; {len(fresh)} tensors keep their initialisation")
     if report:
