@@ -43,7 +43,7 @@ def evaluate_example(model: nn.Module, example: ViewExample, lpips_model: LPIPSV
     device = next(model.parameters()).device
     batch = ViewBatch.collate([example]).to(device)
     start = time.perf_counter()
-    with torch.no_grad():
+    with torch.inference_mode():
         out = model(batch, generator=generator)
     seconds = time.perf_counter() - start
     row: dict[str, Any] = {"name": example.name, "n_targets": len(example.target_cameras),
@@ -58,7 +58,7 @@ def evaluate_example(model: nn.Module, example: ViewExample, lpips_model: LPIPSV
             row.update({f"{m}_fine": None for m in METRICS})
             renders[which] = None
             continue
-        with torch.no_grad():
+        with torch.inference_mode():
             renders[which] = out.render(batch.target_cameras, batch.target_backgrounds, which)[0].clamp(0, 1)
         values = image_metrics(renders[which], truth, lpips_model)
         for m in METRICS:
