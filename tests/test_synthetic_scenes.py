@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from gdensify.data.re10k import REQUIRED_KEYS, load_chunk, load_evaluation_index
-from gdensify.data.synthetic_scenes import (
+from gdensify.data.re10k import REQUIRED_KEYS, load_chunk
+from gdensify.data.view_samplers import load_evaluation_index
+from gdensify.synthetic.scenes import (
     SceneGenConfig, generate_scenes, render_views, scene_description, scene_key,
 )
 
