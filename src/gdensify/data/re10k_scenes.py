@@ -74,8 +74,6 @@ def _example(scene: RawScene, context: Sequence[int], target: Sequence[int], opt
                        torch.tensor(list(context), dtype=torch.int64), torch.tensor(list(target), dtype=torch.int64))
 
 
-
-
 class RE10KDataset(Dataset):
     """Map-style dataset over one split of an RE10K-layout root.
 

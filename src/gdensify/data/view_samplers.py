@@ -102,7 +102,7 @@ class TrainingViewSampler:
 
 
 
-# ---------------------------------------------------------------------------------------------------- scenes: evaluation index
+# ------------------------------------------------------------------------------------- scenes: evaluation index
 @dataclass(frozen=True)
 class EvaluationEntry:
     context: tuple[int, ...]
@@ -145,7 +145,7 @@ def load_evaluation_index(source: str | os.PathLike | Mapping) -> dict[str, Eval
     return entries
 
 
-# ---------------------------------------------------------------------------------------------------- scenes: training
+# ---------------------------------------------------------------------------------------------- scenes: training
 @dataclass
 class BoundedViewSampler:
     """MVSplat/pixelSplat's "bounded" training view sampler (two context views, targets between them).

@@ -891,8 +891,9 @@ def generate_scenes(
         (out / split).mkdir(parents=True, exist_ok=True)
         _write_json(out / split / "index.json", indices[split])
     _write_json(out / "evaluation_index.json", result.evaluation_index)
+    # "generator" is the id that existing datasets record (kept)
     _write_json(out / "dataset.json", {
-        "generator": "gdensify.data.synthetic_scenes",  # the id existing datasets record: kept "version": GENERATOR_VERSION, "seed": seed, "count": count,
+        "generator": "gdensify.data.synthetic_scenes", "version": GENERATOR_VERSION, "seed": seed, "count": count,
         "test_fraction": test_fraction, "splits": {"train": n_train, "test": n_test},
         "near": cfg.min_depth, "far": 100.0, "config": dataclasses.asdict(cfg),
     })
