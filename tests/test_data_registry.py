@@ -24,7 +24,6 @@ from gdensify.data import (
 )
 from gdensify.data.blender_objects import ObjectEvaluationDataset
 from gdensify.io import load_checkpoint
-from gdensify.training.experiment import experiment_from_dict, load_experiment
 
 
 def test_registry_names_and_detection(tmp_path):
@@ -50,6 +49,8 @@ def test_old_configs_and_shipped_checkpoints_map_to_data_configs():
     with pytest.raises(ConfigError, match="unknown dataset 'nope'"):
         data_config_from_dict({"name": "nope"})
     # an experiment dumped before the registry (no data.name) loads as the dataset its kind names
+    from gdensify.training.experiment import experiment_from_dict
+
     stored = json.loads(load_checkpoint(shipped_checkpoint("scene")).metadata["gdensify.experiment"])
     assert "name" not in stored["data"]
     experiment = experiment_from_dict(stored)
@@ -57,6 +58,8 @@ def test_old_configs_and_shipped_checkpoints_map_to_data_configs():
 
 
 def test_experiment_yaml_round_trip_keeps_the_dataset(tmp_path):
+    from gdensify.training.experiment import load_experiment
+
     experiment = load_experiment("scene-tiny", ["data.root=elsewhere", "data.index=idx.json"])
     path = tmp_path / "config.yaml"
     path.write_text(dump_yaml(experiment))
