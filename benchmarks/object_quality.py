@@ -37,7 +37,7 @@ def cost_worker(preset: str, runs: int) -> dict:
 
 
 def held_out_objects(model, checkpoint, data: str):
-    from gdensify.data.object_dataset import ObjectEvaluationDataset
+    from gdensify.data.blender_objects import ObjectEvaluationDataset
 
     return ObjectEvaluationDataset(data, model.config.backbone.image_size)
 

@@ -40,11 +40,12 @@ def cost_worker(preset: str, runs: int) -> dict:
 
 
 def held_out_scenes(model, checkpoint, data: str):
-    from gdensify.reconstruct import scene_examples
-    from gdensify.training.experiment import experiment_from_checkpoint
+    from dataclasses import replace
 
-    d = experiment_from_checkpoint(checkpoint).data
-    return [e for e, _ in scene_examples(data, None, d.image_size, d.near, d.far)]
+    from gdensify.data import build_dataset, data_config_from_checkpoint
+
+    config = replace(data_config_from_checkpoint(checkpoint), root=data)
+    return list(build_dataset(config).evaluation_examples())
 
 
 if __name__ == "__main__":

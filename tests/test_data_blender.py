@@ -18,8 +18,8 @@ from gdensify.data import (
     read_blender_cameras,
     select_input_views,
 )
-from gdensify.data.protocol import group_views, view_directions
-from gdensify.data.synthetic_objects import (
+from gdensify.data.view_samplers import group_views, view_directions
+from gdensify.synthetic.objects import (
     TEST_ELEVATIONS_DEG,
     TRAIN_ELEVATIONS_DEG,
     ring_cameras,

@@ -8,11 +8,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from gdensify.data.re10k import (
-    BoundedViewSampler, RE10KDataset, RE10KFormatError, RE10KIterableDataset, camera_vectors,
-    collate_scene_examples, crop_transform, flip_views, load_chunk, load_evaluation_index,
-)
-from gdensify.data.synthetic_scenes import SceneGenConfig, generate_scenes, render_cameras, scene_description
+from gdensify.data.batch import ViewBatch
+from gdensify.data.re10k import RE10KFormatError, camera_vectors, load_chunk
+from gdensify.data.re10k_scenes import RE10KDataset
+from gdensify.data.shims import crop_transform, flip_views
+from gdensify.data.view_samplers import BoundedViewSampler, load_evaluation_index
+from gdensify.synthetic.scenes import SceneGenConfig, generate_scenes, render_cameras, scene_description
 
 SMALL = dict(width=72, height=56, frames_min=14, frames_max=16, eval_context_gap=8, scenes_per_chunk=2)
 SEED = 21
@@ -44,21 +45,21 @@ def test_round_trip_cameras_match_generator(dataset, described):
     ds = RE10KDataset.for_evaluation(root, image_shape=None)
     assert len(ds) == 1 and ds.missing_scenes == []
     ex = ds[0]
-    assert ex.scene == result.test_keys[0]
+    assert ex.name == result.test_keys[0]
     _, c2w, normalized = described
-    ctx = ex.context_indices.numpy()
-    assert ex.context_images.shape == (2, 56, 72, 3) and ex.context_images.dtype == torch.float32
-    assert 0 <= ex.context_images.min() and ex.context_images.max() <= 1
-    np.testing.assert_allclose(ex.context_cameras.camera_to_world.numpy(), c2w[ctx], atol=1e-5)
-    k = ex.context_cameras.intrinsics.numpy()
+    ctx = ex.input_indices.numpy()
+    assert ex.input_images.shape == (2, 56, 72, 3) and ex.input_images.dtype == torch.float32
+    assert 0 <= ex.input_images.min() and ex.input_images.max() <= 1
+    np.testing.assert_allclose(ex.input_cameras.camera_to_world.numpy(), c2w[ctx], atol=1e-5)
+    k = ex.input_cameras.intrinsics.numpy()
     np.testing.assert_allclose(k[:, 0, 0], normalized[ctx, 0] * 72, rtol=1e-6)
     np.testing.assert_allclose(k[:, 1, 2], normalized[ctx, 3] * 56, rtol=1e-6)
-    assert (ex.context_cameras.near, ex.context_cameras.far) == (1.0, 100.0)
+    assert (ex.input_cameras.near, ex.input_cameras.far) == (1.0, 100.0)
     # OpenCV world-to-camera straight from the 18-vector, as MVSplat reads it
     raw = load_chunk(root / "test" / "000000.torch")[0]
     w2c = torch.eye(4).repeat(len(ctx), 1, 1)
     w2c[:, :3] = raw.cameras[ctx, 6:].reshape(-1, 3, 4)
-    torch.testing.assert_close(ex.context_cameras.world_to_camera, w2c, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ex.input_cameras.world_to_camera, w2c, atol=1e-5, rtol=0)
     w2c_all = torch.eye(4, dtype=torch.float64).repeat(len(raw), 1, 1)
     w2c_all[:, :3] = raw.cameras[:, 6:].double().reshape(-1, 3, 4)
     assert torch.equal(camera_vectors(w2c_all, raw.cameras[:, :4].double()), raw.cameras)
@@ -81,22 +82,22 @@ def test_points_project_to_the_same_content_after_resize_and_crop(dataset, descr
     root, _ = dataset
     full = RE10KDataset.for_evaluation(root, image_shape=None)[0]
     ex = RE10KDataset.for_evaluation(root, image_shape=shape)[0]
-    assert ex.context_images.shape == (2, *shape, 3) and ex.context_cameras.width == shape[1]
+    assert ex.input_images.shape == (2, *shape, 3) and ex.input_cameras.width == shape[1]
     transform = crop_transform((56, 72), shape)
     points = torch.tensor([[2.0, 3.0, 1.2], [3.5, 2.5, 1.6], [1.0, 1.0, 0.5]], dtype=torch.float64)
-    c2w = full.context_cameras.camera_to_world.double()
+    c2w = full.input_cameras.camera_to_world.double()
     points = torch.cat([points, (c2w[:, :3, 3] + 2.5 * c2w[:, :3, 2])])  # points straight ahead of the cameras
-    uv_full, _ = _project(full.context_cameras, points)
-    uv_crop, _ = _project(ex.context_cameras, points)
+    uv_full, _ = _project(full.input_cameras, points)
+    uv_crop, _ = _project(ex.input_cameras, points)
     assert (uv_crop - transform.map_pixels(uv_full)).abs().max() < 1e-3  # requirement: < 0.5 px
     # photometric check: re-rendering the scene at the reader's cameras reproduces the reader's pixels
     scene = described[0]
-    rendered, _ = render_cameras(scene, ex.context_cameras, supersample=2)
-    err = np.abs(rendered - ex.context_images.numpy()).mean()
-    shifted = ex.context_cameras.to(torch.float64)
+    rendered, _ = render_cameras(scene, ex.input_cameras, supersample=2)
+    err = np.abs(rendered - ex.input_images.numpy()).mean()
+    shifted = ex.input_cameras.to(torch.float64)
     shifted.intrinsics[:, 0, 2] += 0.5
     rendered_shifted, _ = render_cameras(scene, shifted, supersample=2)
-    err_shifted = np.abs(rendered_shifted - ex.context_images.numpy()).mean()
+    err_shifted = np.abs(rendered_shifted - ex.input_images.numpy()).mean()
     assert err < 0.7 * err_shifted
     if not transform.resizes:  # crop only: same samples, the difference is JPEG alone
         assert err < 0.02
@@ -134,11 +135,10 @@ def test_evaluation_index_skips_nulls_and_missing_scenes(dataset, tmp_path):
     ds = RE10KDataset(root, "test", evaluation_index=path, image_shape=(48, 48))
     assert len(ds) == 1 and ds.missing_scenes == ["nothere"]
     ex = ds[0]
-    assert ex.context_indices.tolist() == [1, 9] and ex.target_indices.tolist() == [3, 5, 7]
+    assert ex.input_indices.tolist() == [1, 9] and ex.target_indices.tolist() == [3, 5, 7]
     assert ex.target_images.shape == (3, 48, 48, 3) and len(ex.target_cameras) == 3
-    view = ex.to_view_example()  # the shared object/scene example type
-    assert view.name == key and torch.equal(view.input_images, ex.context_images)
-    assert torch.all(view.target_backgrounds == 0) and view.target_backgrounds.shape == (3, 3)
+    assert ex.name == key and torch.all(ex.input_background == 0)  # the shared example type, black as MVSplat
+    assert torch.all(ex.target_backgrounds == 0) and ex.target_backgrounds.shape == (3, 3)
     with pytest.raises(RE10KFormatError, match="nothere"):
         RE10KDataset(root, "test", evaluation_index=path, on_missing="error")
     path.write_text(json.dumps({"bad": {"context": [0, "x"], "target": [1]}}))
@@ -185,23 +185,20 @@ def test_training_datasets_are_seeded_and_collate(dataset):
     ds = RE10KDataset(root, "train", view_sampler=sampler, image_shape=(32, 32), seed=3, flip_augment=True)
     assert len(ds) == 2 and [k for k, _ in ds.items] == result.train_keys
     a, b = ds[1], ds[1]
-    assert torch.equal(a.context_indices, b.context_indices) and torch.equal(a.target_images, b.target_images)
-    draws = set()
-    for epoch in range(6):
-        ds.set_epoch(epoch)
-        ex = ds[0]
-        draws.add((tuple(ex.context_indices.tolist()), ex.flipped))
-    assert len(draws) > 1
-    batch = next(iter(DataLoader(ds, batch_size=2, collate_fn=collate_scene_examples)))
-    assert batch.context_images.shape == (2, 2, 32, 32, 3) and batch.target_indices.shape == (2, 2)
-    assert len(batch.context_cameras) == 2 and batch.scenes == result.train_keys
-    # streaming reader: every scene once per epoch, shards disjoint and complete
-    shards = [[e.scene for e in RE10KIterableDataset(root, "train", view_sampler=sampler, image_shape=(32, 32),
-                                                      rank=r, world_size=2)] for r in range(2)]
-    assert sorted(shards[0] + shards[1]) == sorted(result.train_keys) and not set(shards[0]) & set(shards[1])
-    one = [e.context_indices.tolist() for e in RE10KIterableDataset(root, "train", view_sampler=sampler, seed=4)]
-    two = [e.context_indices.tolist() for e in RE10KIterableDataset(root, "train", view_sampler=sampler, seed=4)]
-    assert one == two and len(one) == 2
+    assert torch.equal(a.input_indices, b.input_indices) and torch.equal(a.target_images, b.target_images)
+    plain = RE10KDataset(root, "train", view_sampler=sampler, image_shape=(32, 32))
+    draws, flips = set(), set()
+    for example_seed in range(8):  # (item, example_seed) keys, as the training sampler yields them
+        ex, same = ds[(0, example_seed)], plain[(0, example_seed)]
+        assert torch.equal(ex.input_indices, same.input_indices)  # the flip draw comes after the views
+        flipped = not torch.equal(ex.input_images, same.input_images)
+        assert torch.equal(ex.input_images, same.input_images.flip(-2) if flipped else same.input_images)
+        draws.add(tuple(ex.input_indices.tolist()))
+        flips.add(flipped)
+    assert len(draws) > 1 and flips == {False, True}
+    batch = next(iter(DataLoader(ds, batch_size=2, collate_fn=ViewBatch.collate)))
+    assert batch.input_images.shape == (2, 2, 32, 32, 3) and batch.target_images.shape == (2, 2, 32, 32, 3)
+    assert len(batch.input_cameras) == 2 and batch.names == result.train_keys
 
 
 # ---------------------------------------------------------------------------------------------------- errors

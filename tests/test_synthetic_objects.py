@@ -7,11 +7,10 @@ import torch
 
 from gdensify import Cameras
 from gdensify.cameras import look_at
-from gdensify.data import generate_objects, load_blender_split
-from gdensify.data.synthetic_objects import (
-    OBJECT_CAMERA_DISTANCE,
-    OBJECT_FOV,
-    OBJECT_RADIUS,
+from gdensify.data import load_blender_split
+from gdensify.data.protocol import OBJECT_CAMERA_DISTANCE, OBJECT_FOV, OBJECT_RADIUS
+from gdensify.synthetic import generate_objects
+from gdensify.synthetic.objects import (
     ObjectSpec,
     Primitive,
     Texture,

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from gdensify.data.re10k import REQUIRED_KEYS, load_chunk, load_evaluation_index
-from gdensify.data.synthetic_scenes import (
+from gdensify.data.re10k import REQUIRED_KEYS, load_chunk
+from gdensify.data.view_samplers import load_evaluation_index
+from gdensify.synthetic.scenes import (
     SceneGenConfig, generate_scenes, render_views, scene_description, scene_key,
 )
 
@@ -29,6 +30,7 @@ def test_layout_keys_and_evaluation_index(dataset):
     assert result.train_keys + result.test_keys == [scene_key(11, i) for i in range(3)]
     meta = json.loads((root / "dataset.json").read_text())
     assert meta["splits"] == {"train": 2, "test": 1} and meta["config"]["width"] == 72
+    assert (meta["seed"], meta["count"], meta["generator"]) == (11, 3, "gdensify.data.synthetic_scenes")
     for split, keys in (("train", result.train_keys), ("test", result.test_keys)):
         index = json.loads((root / split / "index.json").read_text())
         assert list(index) == keys

@@ -11,8 +11,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from gdensify.cli import main
-from gdensify.data import generate_objects
-from gdensify.data.object_dataset import ObjectEvaluationDataset, ObjectTrainingDataset
+from gdensify.data.blender_objects import ObjectEvaluationDataset, ObjectTrainingDataset
+from gdensify.synthetic import generate_objects
 from gdensify.io import load_checkpoint, load_ply
 from gdensify.models.loading import initialise_from
 from gdensify.training.experiment import load_experiment

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from gdensify.cli import main
-from gdensify.data.synthetic_scenes import generate_scenes
+from gdensify.synthetic.scenes import generate_scenes
 from gdensify.io import load_checkpoint, load_ply
 from gdensify.training.experiment import load_experiment
 from gdensify.training.fit import fit

@@ -149,13 +149,13 @@ def _render(args: argparse.Namespace) -> int:
 
 def _make_data(args: argparse.Namespace) -> int:
     if args.kind == "objects":
-        from .data.synthetic_objects import generate_objects
+        from .synthetic.objects import generate_objects
 
         paths = generate_objects(args.out, args.count, seed=args.seed, resolution=args.resolution or 128,
                                  overwrite=args.overwrite)
         print(f"wrote {len(paths)} objects (Blender layout) to {args.out}")
     else:
-        from .data.synthetic_scenes import generate_scenes
+        from .synthetic.scenes import generate_scenes
 
         sizes = {} if args.resolution is None else {"width": args.resolution, "height": args.resolution}
         dataset = generate_scenes(args.out, args.count, seed=args.seed, overwrite=args.overwrite, **sizes)

@@ -20,10 +20,9 @@ from torch import nn
 from tqdm import tqdm
 
 from .cameras import Cameras
-from .data import blender_splits, find_blender_objects
 from .data.batch import ViewExample
-from .data.protocol import evaluation_views
-from .data.re10k import RE10KDataset
+from .data.blender_objects import BlenderDataConfig, BlenderObjects
+from .data.re10k_scenes import RE10KDataConfig, RE10KScenes
 from .evaluation.evaluate import evaluate_example
 from .evaluation.metrics import load_lpips_vgg
 from .gaussians import Gaussians
@@ -94,29 +93,19 @@ def reconstruct_examples(model: nn.Module, examples: Iterable[tuple[ViewExample,
 def object_examples(data: str | os.PathLike, resolution: int, n_inputs: int = 4,
                     background: Sequence[float] = (1.0, 1.0, 1.0)):
     """(example, back-to-dataset-frame) per Blender-layout object under `data` (the evaluation protocol)."""
-    for folder in find_blender_objects(data):
-        target_split = "test" if "test" in blender_splits(folder) else "train"
-        ev = evaluation_views(folder, n_inputs, resolution, background, target_split=target_split)
-        bg = torch.tensor([float(c) for c in background])
-        yield ViewExample(ev.inputs.images, ev.inputs.cameras, ev.targets.images, ev.targets.cameras,
-                          bg.expand(len(ev.targets), 3).clone(), ev.name, bg), ev.normalization.invert_gaussians
+    config = BlenderDataConfig(root=str(data), n_inputs=n_inputs, background=tuple(background))
+    for example in BlenderObjects(config, resolution).evaluation_examples():
+        yield example, example.to_dataset_frame
 
 
 def scene_examples(data: str | os.PathLike, index: str | os.PathLike | None = None, image_size: int = 64,
                    near: float = 1.0, far: float = 100.0):
     """(example, identity) per entry of the evaluation index of the RE10K-layout root `data` (test split)."""
-    scenes = RE10KDataset.for_evaluation(data, index, image_shape=(image_size, image_size), near=near, far=far)
-    for i in range(len(scenes)):
-        yield scenes[i].to_view_example(), _identity
+    config = RE10KDataConfig(root=str(data), image_size=image_size, near=near, far=far,
+                             index=None if index is None else str(index))
+    for example in RE10KScenes(config).evaluation_examples():
+        yield example, _identity
 
 
 def _identity(gaussians: Gaussians) -> Gaussians:
     return gaussians
-
-
-def reconstruct_objects(model: nn.Module, data: str | os.PathLike, out_dir: str | os.PathLike, resolution: int,
-                        n_inputs: int = 4, background: Sequence[float] = (1.0, 1.0, 1.0),
-                        progress: bool = True) -> list[dict[str, Any]]:
-    """Reconstruct every object under `data` into `out_dir`; returns the per-object metric rows."""
-    return reconstruct_examples(model, object_examples(data, resolution, n_inputs, background), out_dir,
-                                nearest_by_direction, len(find_blender_objects(data)), progress)

@@ -1,20 +1,26 @@
-"""`ViewBatch`: what every model consumes — posed input views plus supervision/target views, per item."""
+"""`ViewExample` (what every dataset returns) and `ViewBatch` (what every model consumes): posed input views plus
+supervision/target views, per item."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from ..cameras import Cameras
+from ..gaussians import Gaussians
 
 
 @dataclass
 class ViewExample:
-    """One object or scene: V_in input views and V_t target views (images float32 in [0, 1])."""
+    """One object or scene: V_in input views and V_t target views (images float32 in [0, 1]).
+
+    input_indices / target_indices: the views' frame numbers in their source split or sequence (None: unknown).
+    to_dataset_frame: maps Gaussians from the frame the cameras are given in back to the dataset's own units and
+    frame (objects are normalised, `blender.SceneNormalization`); None: the frames are the same."""
 
     input_images: Float[Tensor, "view h w 3"]
     input_cameras: Cameras
@@ -23,6 +29,9 @@ class ViewExample:
     target_backgrounds: Float[Tensor, "view 3"]
     name: str
     input_background: Float[Tensor, "3"] | None = None
+    input_indices: Int[Tensor, " view"] | None = None
+    target_indices: Int[Tensor, " view"] | None = None
+    to_dataset_frame: Callable[[Gaussians], Gaussians] | None = None
 
     def __post_init__(self) -> None:
         vi, vt = len(self.input_cameras), len(self.target_cameras)
@@ -51,6 +60,21 @@ class ViewBatch:
 
     def __len__(self) -> int:
         return len(self.names)
+
+    @property
+    def input_world_to_camera(self) -> Float[Tensor, "batch view 4 4"]:
+        """The input cameras' OpenCV world-to-camera matrices, batched."""
+        return torch.stack([c.world_to_camera for c in self.input_cameras])
+
+    @property
+    def input_intrinsics(self) -> Float[Tensor, "batch view 3 3"]:
+        """The input cameras' intrinsics in pixels of `input_images` (pixel centres at +0.5), batched."""
+        return torch.stack([c.intrinsics for c in self.input_cameras])
+
+    @property
+    def input_near_far(self) -> Float[Tensor, "batch 2"]:
+        """Each item's input (near, far) depth range."""
+        return self.input_images.new_tensor([[c.near, c.far] for c in self.input_cameras])
 
     @staticmethod
     def collate(examples: Sequence[ViewExample]) -> "ViewBatch":

@@ -56,7 +56,7 @@ from torch import Tensor
 
 from ..cameras import Cameras
 from ..gaussians import Gaussians
-from .synthetic_objects import OBJECT_CAMERA_DISTANCE, OBJECT_RADIUS
+from .protocol import OBJECT_CAMERA_DISTANCE, OBJECT_RADIUS
 
 __all__ = [
     "BlenderFormatError", "ObjectViews", "SceneNormalization", "load_blender_split", "read_blender_cameras",

@@ -4,7 +4,8 @@ What one object is
     A union of 1–3 analytic primitives (ellipsoid, box, capped cylinder, torus), each with a random pose and a
     procedural texture in surface coordinates measured in world units: printed-text-like glyph rows, thin stripes,
     dots or checkers, in random contrasting colours, optionally on a two-tone low-frequency band. Every primitive
-    lies inside the ball of radius `OBJECT_RADIUS` = 0.5, hence inside the model volume [-0.5, 0.5]³.
+    lies inside the ball of radius `OBJECT_RADIUS` = 0.5, hence inside the model volume [-0.5, 0.5]³ (the object
+    protocol's constants, `gdensify.data.protocol`).
 
 How it is rendered (no Gaussians involved)
     Per pixel, `supersample`² rays (default 2×2) are cast analytically (closed-form quadric/slab intersections, the
@@ -56,21 +57,16 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..cameras import Cameras, intrinsics_matrix, look_at, opengl_to_opencv
+from ..data.protocol import OBJECT_CAMERA_DISTANCE, OBJECT_FOV, OBJECT_RADIUS
 from ..io.atomic import atomic_path
 
 __all__ = [
-    "OBJECT_CAMERA_DISTANCE", "OBJECT_FOV", "OBJECT_RADIUS", "TRAIN_ELEVATIONS_DEG", "TEST_ELEVATIONS_DEG",
+    "TRAIN_ELEVATIONS_DEG", "TEST_ELEVATIONS_DEG",
     "Texture", "Primitive", "ObjectSpec", "sample_object", "ring_cameras", "render_object", "write_object",
     "generate_objects", "GENERATOR_VERSION",
 ]
 
 GENERATOR_VERSION = 1
-OBJECT_CAMERA_DISTANCE = 2.0
-"""Camera distance from the origin of the generated views (world units); `SceneNormalization` targets this."""
-OBJECT_FOV = 0.6
-"""Field of view (radians, horizontal = vertical) of the generated views."""
-OBJECT_RADIUS = 0.5
-"""Every generated primitive lies inside the ball of this radius around the origin (inside [-0.5, 0.5]³)."""
 TRAIN_ELEVATIONS_DEG = (-20.0, 5.0, 30.0, 55.0)
 TEST_ELEVATIONS_DEG = (-5.0, 40.0)
 LIGHT_DIRECTION = (0.45, -0.35, 0.82)  # towards the light, world frame (normalised at use)
@@ -654,6 +650,7 @@ def write_object(
 
 def _generation_params(seed: int, index: int, resolution: int, n_train: int, n_test: int, supersample: int,
                        max_primitives: int) -> dict:
+    # "generator" is the id that existing object folders record (kept, so that their generation resumes)
     return {"generator": "gdensify.data.synthetic_objects", "version": GENERATOR_VERSION, "seed": seed,
             "index": index, "resolution": resolution, "n_train": n_train, "n_test": n_test,
             "supersample": supersample, "max_primitives": max_primitives, "camera_distance": OBJECT_CAMERA_DISTANCE,

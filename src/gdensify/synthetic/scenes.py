@@ -40,9 +40,8 @@ targets evenly spaced strictly between them. The last round(count·test_fraction
 Determinism: scene i depends only on (seed, i) (not on count), and the output bytes are identical for the same
 seed, config and library versions (chunks are serialized in memory, so file names do not leak into the bytes).
 
-CLI (wired by the lead): ``gdensify make-data scenes OUT --count N [--seed S] [--test-fraction F] [--width W]
-[--height H] [--frames-min A] [--frames-max B] [--scenes-per-chunk K] [--overwrite]`` ->
-``generate_scenes(OUT, N, S, test_fraction=F, overwrite=..., width=W, height=H, ...)``.
+CLI: ``gdensify make-data scenes OUT --count N [--seed S] [--resolution R] [--overwrite]`` ->
+``generate_scenes(OUT, N, S, overwrite=..., width=R, height=R)``.
 """
 
 from __future__ import annotations
@@ -62,8 +61,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from gdensify.cameras import Cameras
-from gdensify.io.atomic import atomic_path
+from ..cameras import Cameras
+from ..data.re10k import camera_vectors, parse_camera_vectors
+from ..io.atomic import atomic_path
 
 GENERATOR_VERSION = 1
 _EPS = 1e-4
@@ -741,8 +741,6 @@ def _jpeg(image: np.ndarray, quality: int) -> torch.Tensor:
 
 def make_scene(seed: int, index: int, cfg: SceneGenConfig) -> tuple[dict[str, Any], SyntheticScene, dict | None]:
     """Render scene `index` of `seed`: (RE10K scene dict, the scene description, its evaluation entry)."""
-    from .re10k import camera_vectors, parse_camera_vectors  # local: avoids a cycle at package import
-
     rng = _scene_rng(seed, index)
     for _ in range(20):
         scene, c2w, normalized = sample_scene(rng, cfg)
@@ -893,6 +891,7 @@ def generate_scenes(
         (out / split).mkdir(parents=True, exist_ok=True)
         _write_json(out / split / "index.json", indices[split])
     _write_json(out / "evaluation_index.json", result.evaluation_index)
+    # "generator" is the id that existing datasets record (kept)
     _write_json(out / "dataset.json", {
         "generator": "gdensify.data.synthetic_scenes", "version": GENERATOR_VERSION, "seed": seed, "count": count,
         "test_fraction": test_fraction, "splits": {"train": n_train, "test": n_test},
@@ -906,8 +905,6 @@ def scene_description(seed: int, index: int, config: SceneGenConfig | None = Non
     """Re-create scene `index` of `seed` (geometry and the float32-stored cameras) without writing anything, for
     tests and analysis: (scene, camera-to-world (V,4,4), normalized intrinsics (V,4)). Renders once to apply the
     same rejection as `generate_scenes`."""
-    from .re10k import parse_camera_vectors
-
     cfg = _config(config, overrides)
     record, scene, _ = make_scene(seed, index, cfg)
     w2c, norm = parse_camera_vectors(record["cameras"])

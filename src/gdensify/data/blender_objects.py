@@ -1,0 +1,190 @@
+"""Blender-layout objects as a dataset (`DATASETS["blender"]`): random views for training, the fixed protocol for
+evaluation, both as `ViewExample`s in the object model's frame (`gdensify.data.protocol`).
+
+Training items are `(object_index, example_seed)` pairs from `gdensify.training.sampling.StepSampler`; every random
+choice of an example (its input and target views) comes from `example_seed`, so a batch is a pure function of the
+sampler's output. Each example is normalised by `SceneNormalization.from_cameras` of its *input* cameras, exactly as
+at evaluation (`evaluation_views`), so the model never sees dataset units.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from ..cameras import Cameras
+from .batch import ViewExample
+from .blender import (
+    BlenderFormatError,
+    ObjectViews,
+    SceneNormalization,
+    blender_splits,
+    find_blender_objects,
+    load_blender_split,
+    read_blender_cameras,
+)
+from .protocol import OBJECT_CAMERA_DISTANCE
+from .source import DataSource
+from .view_samplers import TrainingViewSampler, select_input_views
+
+__all__ = ["BlenderDataConfig", "BlenderObjects", "ObjectTrainingDataset", "ObjectEvaluationDataset",
+           "EvaluationViews", "evaluation_views"]
+
+
+@dataclass
+class BlenderDataConfig:
+    """Blender-layout objects (`gdensify.data.blender`). Inputs are resized to `image_size`² (None: the model's
+    input size, which the caller passes to `BlenderObjects`); targets keep their size."""
+
+    name: Literal["blender"] = "blender"
+    root: str = "data/objects/train"  # an object folder or a folder of them
+    val_root: str | None = None  # evaluation-protocol objects validated at every epoch end (None: no validation)
+    val_limit: int = 8  # at most this many validation objects
+    n_inputs: int = 4
+    n_targets: int = 4
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    image_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.n_inputs < 1 or self.n_targets < 1 or self.val_limit < 1:
+            raise ValueError("data.n_inputs, data.n_targets and data.val_limit must be >= 1")
+        if any(not 0 <= c <= 1 for c in self.background):
+            raise ValueError(f"data.background must be RGB in [0, 1], got {self.background}")
+        if self.image_size is not None and self.image_size < 8:
+            raise ValueError(f"data.image_size must be >= 8 or null, got {self.image_size}")
+
+
+# ---------------------------------------------------------------------------------------------------- evaluation
+@dataclass
+class EvaluationViews:
+    """One object's evaluation example: `inputs` (chosen train views), `targets` (all test views)."""
+
+    inputs: ObjectViews
+    targets: ObjectViews
+    input_indices: list[int]
+    normalization: SceneNormalization
+    name: str
+
+
+def evaluation_views(
+    root: str | os.PathLike, n_inputs: int = 4, input_resolution: int | tuple[int, int] | None = None,
+    background: Sequence[float] = (1.0, 1.0, 1.0), target_distance: float | None = OBJECT_CAMERA_DISTANCE,
+    target_fov: float | None = None, input_split: str = "train", target_split: str = "test",
+) -> EvaluationViews:
+    """The deterministic evaluation example of one Blender-layout object folder (`gdensify.data.protocol`).
+
+    input_resolution: the model's input size (None: native); targets always stay at the dataset's resolution.
+    target_distance / target_fov: passed to `SceneNormalization.from_cameras`; target_distance None disables
+    normalization (cameras stay in dataset units)."""
+    root = Path(root)
+    cams, _ = read_blender_cameras(root, input_split)
+    idx = select_input_views(cams, n_inputs)
+    norm = SceneNormalization.identity() if target_distance is None else SceneNormalization.from_cameras(
+        Cameras(cams.world_to_camera[idx], cams.intrinsics[idx], cams.width, cams.height), target_distance,
+        target_fov)
+    inputs = load_blender_split(root, input_split, background=background, resolution=input_resolution,
+                                normalization=norm, indices=idx)
+    targets = load_blender_split(root, target_split, background=background, normalization=norm)
+    return EvaluationViews(inputs, targets, idx, norm, root.name)
+
+
+# ---------------------------------------------------------------------------------------------------- datasets
+class ObjectTrainingDataset(Dataset):
+    """Random training examples from the `split` views of every object under `root`.
+
+    Inputs and targets are drawn by `TrainingViewSampler` (inputs spread around the object, targets at random) and
+    resized to `resolution`²; images are composited on `background`."""
+
+    def __init__(self, root: str | os.PathLike | Sequence[str | os.PathLike], resolution: int, n_inputs: int = 4,
+                 n_targets: int = 4, split: str = "train", background: Sequence[float] = (1.0, 1.0, 1.0),
+                 target_distance: float = OBJECT_CAMERA_DISTANCE) -> None:
+        roots = [root] if isinstance(root, (str, os.PathLike)) else list(root)
+        self.objects = [p for r in roots for p in find_blender_objects(r)]
+        self.sampler = TrainingViewSampler(n_inputs, n_targets)
+        self.resolution, self.split, self.target_distance = resolution, split, target_distance
+        self.background = tuple(float(x) for x in background)
+        self._cameras: dict[int, Cameras] = {}
+
+    def __len__(self) -> int:
+        return len(self.objects)
+
+    def cameras(self, index: int) -> Cameras:
+        if index not in self._cameras:
+            self._cameras[index] = read_blender_cameras(self.objects[index], self.split)[0]
+        return self._cameras[index]
+
+    def __getitem__(self, key: tuple[int, int]) -> ViewExample:
+        index, seed = key
+        root = self.objects[index]
+        cameras = self.cameras(index)
+        inputs, targets = self.sampler(cameras, torch.Generator().manual_seed(int(seed)))
+        norm = SceneNormalization.from_cameras(cameras[inputs], self.target_distance)
+        views = load_blender_split(root, self.split, background=self.background, resolution=self.resolution,
+                                   normalization=norm, indices=inputs + targets)
+        n = len(inputs)
+        bg = torch.tensor(self.background)
+        return ViewExample(views.images[:n], views.cameras[:n], views.images[n:], views.cameras[n:],
+                           bg.expand(len(targets), 3).clone(), root.name, bg.clone(),
+                           torch.tensor(inputs), torch.tensor(targets), norm.invert_gaussians)
+
+
+class ObjectEvaluationDataset(Dataset):
+    """The deterministic evaluation example of every object under `root` (`evaluation_views`): `n_inputs` spread
+    train-split inputs at the model's `resolution`, every `target_split` view (None: the test split, or the train
+    split of an object without one) as a target at native resolution."""
+
+    def __init__(self, root: str | os.PathLike, resolution: int, n_inputs: int = 4,
+                 background: Sequence[float] = (1.0, 1.0, 1.0), target_distance: float = OBJECT_CAMERA_DISTANCE,
+                 target_split: str | None = None) -> None:
+        self.objects: list[Path] = find_blender_objects(root)
+        self.resolution, self.n_inputs, self.target_distance = resolution, n_inputs, target_distance
+        self.background = tuple(float(x) for x in background)
+        self.target_split = target_split
+
+    def __len__(self) -> int:
+        return len(self.objects)
+
+    def __getitem__(self, index: int) -> ViewExample:
+        folder = self.objects[index]
+        split = self.target_split or ("test" if "test" in blender_splits(folder) else "train")
+        ev = evaluation_views(folder, self.n_inputs, self.resolution, self.background, self.target_distance,
+                              target_split=split)
+        bg = torch.tensor(self.background)
+        return ViewExample(ev.inputs.images, ev.inputs.cameras, ev.targets.images, ev.targets.cameras,
+                           bg.expand(len(ev.targets), 3).clone(), ev.name, bg.clone(), torch.tensor(ev.input_indices),
+                           torch.arange(len(ev.targets)), ev.normalization.invert_gaussians)
+
+
+# ---------------------------------------------------------------------------------------------------- registry entry
+class BlenderObjects(DataSource):
+    """`DATASETS["blender"]`: Blender-layout objects under `config.root`; validation on `config.val_root`."""
+
+    config_class = BlenderDataConfig
+
+    @staticmethod
+    def detect(folder: str | os.PathLike) -> bool:
+        """Whether `folder` is a Blender-layout object or a folder of them."""
+        try:
+            return bool(find_blender_objects(folder))
+        except (BlenderFormatError, OSError):
+            return False
+
+    def training_dataset(self, seed: int = 0) -> ObjectTrainingDataset:
+        """Items `(object_index, example_seed)`; `seed` is unused (every draw comes from `example_seed`)."""
+        c = self.config
+        return ObjectTrainingDataset(self.existing(c.root, "data.root"), self.image_size, c.n_inputs, c.n_targets,
+                                     background=c.background)
+
+    def evaluation_dataset(self, root: str | os.PathLike | None = None) -> ObjectEvaluationDataset:
+        c = self.config
+        key = "data.root" if root is None else "data.val_root"
+        return ObjectEvaluationDataset(self.existing(c.root if root is None else root, key), self.image_size,
+                                       c.n_inputs, c.background)
+
+    def validation_root(self) -> str | None:
+        return self.config.val_root
