@@ -26,7 +26,8 @@ def test_scene_training_then_eval_and_reconstruct(scenes, tmp_path, capsys):
         "data.max_gap=8", "data.val_limit=1", "model.selection.k=64"])
     fit(experiment, progress=False)
     ckpt = tmp_path / "run" / "model.safetensors"
-    assert load_checkpoint(ckpt).kind == "scene"
+    stored = load_checkpoint(ckpt)
+    assert stored.kind == "gd" and stored.config["backbone"]["name"] == "mvsplat"
     logged = (tmp_path / "run" / "logs" / "metrics.csv").read_text()
     assert "val/psnr_fine" in logged and "train/loss_fine" in logged
 

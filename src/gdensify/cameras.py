@@ -211,3 +211,16 @@ def stack_cameras(
         w2c.append(cams.world_to_camera)
         ks.append(k)
     return torch.stack(w2c), torch.stack(ks)
+
+
+def nearest_by_direction(inputs: Cameras, targets: Cameras) -> list[int]:
+    """For every target camera, the input camera with the closest viewing direction from the origin (object-centric
+    captures, whose frame is centred on the object)."""
+    a = torch.nn.functional.normalize(inputs.centers.double(), dim=-1)
+    b = torch.nn.functional.normalize(targets.centers.double(), dim=-1)
+    return (b @ a.T).argmax(dim=1).tolist()
+
+
+def nearest_by_position(inputs: Cameras, targets: Cameras) -> list[int]:
+    """For every target camera, the input camera with the closest centre (scenes)."""
+    return torch.cdist(targets.centers.double(), inputs.centers.double()).argmin(dim=1).tolist()

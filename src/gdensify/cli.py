@@ -21,6 +21,7 @@ def _demo(args: argparse.Namespace) -> int:
     kind = "scene" if args.scene else "object"
     args.checkpoint = args.checkpoint or str(shipped_checkpoint(kind))
     args.data = args.data or str(sample_data(kind))
+    args.out = args.out or f"outputs/demo/{kind}s"
     code = _reconstruct(args)
     print(f"demo finished in {time.perf_counter() - start:.1f} s")
     return code
@@ -73,33 +74,54 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _split_overrides(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """The `model.*` and `data.*` key=value overrides of eval/reconstruct/demo (prefixes removed), with the
+    shorthand flags added; anything else is an error."""
+    model, data = [], []
+    extra = {"selection": "model.selection.method", "index": "data.index", "inputs": "data.n_inputs"}
+    items = list(args.overrides) + [f"{key}={getattr(args, flag)}" for flag, key in extra.items()
+                                    if getattr(args, flag, None) is not None]
+    for item in items:
+        head = item.split("=", 1)[0]
+        if head.startswith("model."):
+            model.append(item[len("model."):])
+        elif head.startswith("data."):
+            data.append(item[len("data."):])
+        else:
+            raise ValueError(f"override {item!r}: eval, reconstruct and demo take model.* and data.* keys")
+    return model, data
+
+
 def _load(args: argparse.Namespace):
-    """The model, its checkpoint and path. `--checkpoint` defaults to the shipped scene model for `--scene` or an
-    RE10K-layout `--data` (it has `test/index.json`), else to the shipped object model."""
+    """The model (its stored config with the `model.*` overrides applied before it is built), its checkpoint and
+    path. `--checkpoint` defaults to the shipped scene model with `--scene`, else to the shipped object model."""
     from .assets import shipped_checkpoint
     from .models.loading import load_model
 
-    scene_data = args.data is not None and (Path(args.data) / "test" / "index.json").is_file()
-    path = args.checkpoint or shipped_checkpoint("scene" if getattr(args, "scene", False) or scene_data else "object")
-    model, checkpoint = load_model(path, device=args.device)
-    if args.selection:
-        model.config.selection.method = args.selection
+    path = args.checkpoint or shipped_checkpoint("scene" if getattr(args, "scene", False) else "object")
+    model_overrides, _ = _split_overrides(args)
+    model, checkpoint = load_model(path, device=args.device, overrides=model_overrides)
     return model, checkpoint, path
 
 
 def _workload(args: argparse.Namespace, model, checkpoint):
-    """(examples as (ViewExample, to_output_frame) pairs, their count, the item label, the nearest-input rule)."""
-    from .data import find_blender_objects
-    from .reconstruct import nearest_by_direction, nearest_by_position, object_examples, scene_examples
-    from .training.experiment import experiment_from_checkpoint
+    """(the evaluation dataset of `--data`, the data source). The dataset layout is detected from the folder; its
+    settings are the checkpoint's training data config when that was the same dataset (else the dataset's
+    defaults), with `data.root` = `--data` and the `data.*` overrides applied."""
+    from .config import ConfigError, apply_overrides, to_dict
+    from .data.registry import build_dataset, data_config_from_checkpoint, data_config_from_dict, detect_dataset
 
-    if checkpoint.kind == "scene":
-        data = experiment_from_checkpoint(checkpoint).data
-        examples = list(scene_examples(args.data, args.index, data.image_size, data.near, data.far))
-        return examples, len(examples), "scenes", nearest_by_position
-    total = len(find_blender_objects(args.data))
-    examples = object_examples(args.data, model.config.backbone.image_size, args.inputs)
-    return examples, total, "objects", nearest_by_direction
+    name = detect_dataset(args.data)
+    try:
+        stored = data_config_from_checkpoint(checkpoint)
+    except ConfigError:
+        stored = None
+    base = to_dict(stored) if stored is not None and stored.name == name else {"name": name}
+    config = data_config_from_dict({**base, "root": str(args.data)})
+    _, data_overrides = _split_overrides(args)
+    config = apply_overrides(config, data_overrides) if data_overrides else config
+    source = build_dataset(config, getattr(model.config.backbone, "image_size", None))
+    return source.evaluation_dataset(), source
 
 
 def _report(args: argparse.Namespace, rows, label: str, path, model) -> None:
@@ -116,9 +138,10 @@ def _eval(args: argparse.Namespace) -> int:
     from .evaluation.evaluate import evaluate
 
     model, checkpoint, path = _load(args)
-    examples, total, label, _ = _workload(args, model, checkpoint)
-    rows = evaluate(model, (example for example, _ in examples), total=total, progress=not args.no_progress)
-    _report(args, rows, label, path, model)
+    dataset, source = _workload(args, model, checkpoint)
+    rows = evaluate(model, (dataset[i] for i in range(len(dataset))), total=len(dataset),
+                    progress=not args.no_progress)
+    _report(args, rows, source.item_label, path, model)
     return 0
 
 
@@ -126,9 +149,10 @@ def _reconstruct(args: argparse.Namespace) -> int:
     from .reconstruct import reconstruct_examples
 
     model, checkpoint, path = _load(args)
-    examples, total, label, nearest = _workload(args, model, checkpoint)
-    rows = reconstruct_examples(model, examples, args.out, nearest, total, progress=not args.no_progress)
-    _report(args, rows, label, path, model)
+    dataset, source = _workload(args, model, checkpoint)
+    rows = reconstruct_examples(model, (dataset[i] for i in range(len(dataset))), args.out, source.nearest_input,
+                                len(dataset), progress=not args.no_progress)
+    _report(args, rows, source.item_label, path, model)
     print(f"per item under {args.out}: coarse.ply, fine.ply and comparison.png (input | coarse | GD | truth)")
     return 0
 
@@ -170,15 +194,18 @@ def build_parser() -> argparse.ArgumentParser:
     backends = ["auto", "cpu", "reference", "gsplat"]
 
     def model_args(p: argparse.ArgumentParser, out: str) -> None:
-        p.add_argument("--checkpoint", default=None, help="model.safetensors (default: the shipped tiny model)")
+        p.add_argument("--checkpoint", default=None,
+                       help="model.safetensors (default: the shipped tiny object model, or scene model with --scene)")
+        p.add_argument("--scene", action="store_true", help="default to the shipped scene model (and sample scenes)")
         p.add_argument("--out", default=out)
-        p.add_argument("--inputs", type=int, default=4, help="objects: input views per object")
-        p.add_argument("--index", default=None,
-                       help="scenes: evaluation index JSON (default: DATA/evaluation_index.json)")
+        p.add_argument("--inputs", type=int, default=None, help="objects: input views per object (data.n_inputs)")
+        p.add_argument("--index", default=None, help="scenes: evaluation index JSON (data.index)")
         p.add_argument("--device", default="cpu")
         p.add_argument("--selection", choices=["gradient", "random"], default=None,
-                       help="override the checkpoint's selection method (ablation)")
+                       help="selection method (model.selection.method; random = the ablation)")
         p.add_argument("--no-progress", action="store_true")
+        p.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="model.* / data.* settings, e.g. data.n_inputs=3 model.selection.k=500")
 
     train = sub.add_parser("train", help="train a model: --config tiny|paper|FILE.yaml [key=value ...]")
     train.add_argument("--config", default="tiny", help="preset (tiny, paper) or YAML file")
@@ -204,9 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     recon.set_defaults(run=_reconstruct)
 
     demo = sub.add_parser("demo", help="reconstruct the shipped sample objects (or scenes) with the shipped model")
-    model_args(demo, "outputs/demo")
+    model_args(demo, None)
     demo.add_argument("--data", default=None, help="what to reconstruct (default: the shipped samples)")
-    demo.add_argument("--scene", action="store_true", help="the scene-level model and sample scenes")
     demo.add_argument("--builtin", action="store_true",
                       help="instead, render the built-in Gaussian scene (no model) to PNG and .ply")
     demo.add_argument("--gaussians", type=int, default=50_000)

@@ -17,7 +17,7 @@ from typing import Literal, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from ..cameras import Cameras
+from ..cameras import Cameras, nearest_by_direction
 from .batch import ViewExample
 from .blender import (
     BlenderFormatError,
@@ -165,6 +165,8 @@ class BlenderObjects(DataSource):
     """`DATASETS["blender"]`: Blender-layout objects under `config.root`; validation on `config.val_root`."""
 
     config_class = BlenderDataConfig
+    item_label = "objects"
+    nearest_input = staticmethod(nearest_by_direction)
 
     @staticmethod
     def detect(folder: str | os.PathLike) -> bool:

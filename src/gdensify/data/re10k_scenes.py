@@ -15,6 +15,7 @@ from typing import Literal, Mapping, Sequence
 import torch
 from torch.utils.data import Dataset
 
+from ..cameras import nearest_by_position
 from .batch import ViewExample
 from .re10k import ChunkStore, RawScene, RE10KFormatError, ViewOptions, load_views
 from .shims import IntrinsicsMode
@@ -165,6 +166,8 @@ class RE10KScenes(DataSource):
     """`DATASETS["re10k"]`: scenes of an RE10K-layout `config.root`; validation on its evaluation index."""
 
     config_class = RE10KDataConfig
+    item_label = "scenes"
+    nearest_input = staticmethod(nearest_by_position)
 
     @staticmethod
     def detect(folder: str | os.PathLike) -> bool:

@@ -16,10 +16,11 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from torch.utils.data import Dataset
 
+from ..cameras import Cameras
 from .batch import ViewExample
 
 __all__ = ["DataSource"]
@@ -29,6 +30,8 @@ class DataSource(ABC):
     """One dataset layout: training data, its evaluation protocol and validation examples as `ViewExample`s."""
 
     config_class: type
+    item_label: str  # what one example is, plural ("objects", "scenes"): report and CSV names
+    nearest_input: Callable[[Cameras, Cameras], list[int]]  # each target's nearest input view (comparison images)
 
     def __init__(self, config: Any, image_size: int | None = None) -> None:
         """image_size: the model's input size, used when the config does not set `image_size`."""

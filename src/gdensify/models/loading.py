@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
-from ..config import from_dict
+from ..config import apply_overrides, from_dict
 from ..io import Checkpoint, load_checkpoint
 from ..io.weights import load_mapped
 from .gd import GDConfig, GDModel
@@ -42,10 +42,14 @@ def model_config(checkpoint: Checkpoint) -> GDConfig:
     return from_dict(GDConfig, upgrade_model_config(checkpoint.kind, checkpoint.config))
 
 
-def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[GDModel, Checkpoint]:
-    """The model of a checkpoint in eval mode, and the checkpoint (its metadata holds the training recipe)."""
+def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",
+               overrides: Sequence[str] = ()) -> tuple[GDModel, Checkpoint]:
+    """The model of a checkpoint in eval mode, and the checkpoint (its metadata holds the training recipe).
+    `overrides` (`key=value` on the model config, e.g. `selection.method=random`) apply before the model is
+    built; they must leave the tensors' names and shapes as stored."""
     checkpoint = load_checkpoint(path)
-    model = GDModel(model_config(checkpoint))
+    config = model_config(checkpoint)
+    model = GDModel(apply_overrides(config, overrides) if overrides else config)
     load_mapped(model, checkpoint.state_dict, source=f"{path} (weights vs the model config stored with them)")
     return model.to(device).eval(), checkpoint
 

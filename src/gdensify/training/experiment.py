@@ -1,19 +1,18 @@
 """Experiments: a model config, a data config and a `TrainConfig`, named by presets or read from YAML.
 
 `gdensify train --config NAME [key=value ...]` resolves NAME with `load_experiment`: a preset (`tiny`, `paper`
-for objects; `scene-tiny`, `scene-paper` for scenes) or a YAML file holding a dumped experiment (its `kind` says
-which). Overrides address the nested keys, e.g. `model.densify=false`, `train.max_steps=500`,
-`data.root=data/objects/train`. The `data` section is any `gdensify.data.DataConfig` (chosen by `data.name`:
-`blender`, `re10k`).
+for objects; `scene-tiny`, `scene-paper` for scenes) or a YAML file holding a dumped experiment. Overrides address
+the nested keys, e.g. `model.densify=false`, `train.max_steps=500`, `data.root=data/objects/train`. The model's
+backbone is any registered one (`model.backbone.name`: `lara`, `mvsplat`), the `data` section any
+`gdensify.data.DataConfig` (`data.name`: `blender`, `re10k`); the two choices are independent.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from torch.utils.data import Dataset
 
@@ -21,57 +20,36 @@ from ..config import ConfigError, apply_overrides, from_dict, read_yaml_mapping
 from ..data.batch import ViewExample
 from ..data.blender_objects import BlenderDataConfig
 from ..data.re10k_scenes import RE10KDataConfig
-from ..data.registry import LEGACY_KINDS, DataConfig, build_dataset
+from ..data.registry import LEGACY_KINDS, DataConfig, build_dataset, data_config_from_checkpoint
 from ..data.source import DataSource
 from ..io import Checkpoint
-from ..models.object_gd import ObjectGD, ObjectGDConfig
-from ..models.scene_gd import SceneGD, SceneGDConfig
+from ..models.gd import GDConfig, GDModel
+from ..models.loading import model_config, upgrade_model_config
 from .config import TrainConfig
 
 
 @dataclass
-class ObjectExperiment:
-    model: ObjectGDConfig = field(default_factory=ObjectGDConfig)
+class Experiment:
+    """What to build (`model`: a `GDConfig`, its backbone chosen by name), what to read (`data`: a `DataConfig`,
+    its dataset chosen by name) and how to train (`train`)."""
+
+    model: GDConfig = field(default_factory=GDConfig)
     data: DataConfig = field(default_factory=BlenderDataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    kind: Literal["object"] = "object"
 
-    def build_model(self) -> ObjectGD:
-        return ObjectGD(self.model)
+    def build_model(self) -> GDModel:
+        return GDModel(self.model)
 
     def data_source(self) -> DataSource:
-        """The `DATASETS` entry of `data` (inputs at the model's `backbone.image_size` unless `data.image_size`)."""
-        return build_dataset(self.data, self.model.backbone.image_size)
+        """The `DATASETS` entry of `data`; inputs at the backbone's `image_size` when it has one (LaRa) and the
+        data config leaves `image_size` unset."""
+        return build_dataset(self.data, getattr(self.model.backbone, "image_size", None))
 
     def training_dataset(self) -> Dataset:
         return self.data_source().training_dataset(self.train.seed)
 
     def validation_examples(self) -> list[ViewExample]:
         return self.data_source().validation_examples()
-
-
-@dataclass
-class SceneExperiment:
-    model: SceneGDConfig = field(default_factory=SceneGDConfig)
-    data: DataConfig = field(default_factory=RE10KDataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    kind: Literal["scene"] = "scene"
-
-    def build_model(self) -> SceneGD:
-        return SceneGD(self.model)
-
-    def data_source(self) -> DataSource:
-        """The `DATASETS` entry of `data` (the scene model takes any input size: `data.image_size` decides)."""
-        return build_dataset(self.data)
-
-    def training_dataset(self) -> Dataset:
-        return self.data_source().training_dataset(self.train.seed)
-
-    def validation_examples(self) -> list[ViewExample]:
-        return self.data_source().validation_examples()
-
-
-Experiment = ObjectExperiment | SceneExperiment
 
 
 def experiment_preset(name: str) -> Experiment:
@@ -80,19 +58,19 @@ def experiment_preset(name: str) -> Experiment:
     `scene-paper`: the published scene shapes at 256² with MVSplat's data settings (loss MSE + 0.05·LPIPS, lr
     2e-4 with cosine decay, 300k steps)."""
     if name == "tiny":
-        return ObjectExperiment(ObjectGDConfig.preset("tiny"), BlenderDataConfig(val_limit=4),
+        return Experiment(GDConfig.preset("object-tiny"), BlenderDataConfig(val_limit=4),
                                 TrainConfig(max_steps=1500, batch_size=1, lr=1e-3, final_lr=1e-4, warmup_steps=100,
                                             after_warmup="cosine", checkpoint_every=250, out_dir="outputs/tiny"))
     if name == "paper":
-        return ObjectExperiment(ObjectGDConfig.preset("paper"), BlenderDataConfig(),
+        return Experiment(GDConfig.preset("object-paper"), BlenderDataConfig(),
                                 TrainConfig(out_dir="outputs/paper"))
     if name == "scene-tiny":
-        return SceneExperiment(SceneGDConfig.preset("tiny"), RE10KDataConfig(),
+        return Experiment(GDConfig.preset("scene-tiny"), RE10KDataConfig(),
                                TrainConfig(max_steps=1500, batch_size=2, lr=1e-3, final_lr=1e-4, warmup_steps=100,
                                            after_warmup="cosine", lpips_weight=0.05, supervise_inputs=False,
                                            checkpoint_every=250, out_dir="outputs/scene_tiny"))
     if name == "scene-paper":
-        return SceneExperiment(SceneGDConfig.preset("paper"),
+        return Experiment(GDConfig.preset("scene-paper"),
                                RE10KDataConfig(root="data/re10k", image_size=256, min_gap=45, max_gap=192),
                                TrainConfig(max_steps=300_000, batch_size=2, lr=2e-4, final_lr=2e-6, warmup_steps=2000,
                                            after_warmup="cosine", lpips_weight=0.05, supervise_inputs=False,
@@ -101,18 +79,21 @@ def experiment_preset(name: str) -> Experiment:
 
 
 PRESETS = ("tiny", "paper", "scene-tiny", "scene-paper")
-KINDS = {"object": ObjectExperiment, "scene": SceneExperiment}
 
 
 def experiment_from_dict(data: dict) -> Experiment:
-    """An experiment from its dict; a `data` section without `name` (written before the dataset registry) is
-    read as the dataset its `kind` names (`gdensify.data.registry.LEGACY_KINDS`)."""
-    kind = data.get("kind", "object")
-    if kind not in KINDS:
-        raise ConfigError(f"unknown experiment kind {kind!r}; expected one of {sorted(KINDS)}")
-    if isinstance(data.get("data"), dict) and "name" not in data["data"]:
-        data = {**data, "data": {**data["data"], "name": LEGACY_KINDS[kind]}}
-    return from_dict(KINDS[kind], data)
+    """An experiment from its dict. One written before the one-pipeline redesign has a top-level `kind`
+    ("object" / "scene"): its model config is upgraded (`models.loading.upgrade_model_config`) and its `data`
+    section, which has no `name`, is read as the dataset the kind names (`data.registry.LEGACY_KINDS`)."""
+    data = dict(data)
+    kind = data.pop("kind", None)
+    if kind is not None:
+        if kind not in LEGACY_KINDS:
+            raise ConfigError(f"kind: unknown experiment kind {kind!r}; expected one of {sorted(LEGACY_KINDS)}")
+        data["model"] = upgrade_model_config(kind, data.get("model", {}))
+        if "name" not in data.get("data", {}):
+            data["data"] = {**data.get("data", {}), "name": LEGACY_KINDS[kind]}
+    return from_dict(Experiment, data)
 
 
 def load_experiment(name_or_path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Experiment:
@@ -123,17 +104,22 @@ def load_experiment(name_or_path: str | os.PathLike, overrides: list[str] | tupl
     else:
         if not Path(text).is_file():
             raise ConfigError(f"--config {text!r} is neither a preset {list(PRESETS)} nor a YAML file")
-        experiment = experiment_from_dict(read_yaml_mapping(text))
+        data = read_yaml_mapping(text)
+        if "kind" not in data:  # a legacy file names its kind instead
+            missing = [key for key in ("model", "data", "train") if not isinstance(data.get(key), dict)]
+            if not missing and not isinstance(data["model"].get("backbone"), dict):
+                missing = ["model.backbone"]
+            if missing:
+                raise ConfigError(f"{text}: missing section(s) {missing}; a config names what it builds "
+                                  "(model.backbone.name), what it reads (data.name) and how it trains (train)")
+        experiment = experiment_from_dict(data)
     return apply_overrides(experiment, list(overrides)) if overrides else experiment
 
 
 def experiment_from_checkpoint(checkpoint: Checkpoint) -> Experiment:
     """The experiment a `model.safetensors` was trained with (its `gdensify.experiment` metadata), or, for a
-    checkpoint without it, the default experiment of its kind around the stored model config."""
+    checkpoint without it, the stored model config with the data config `data_config_from_checkpoint` gives."""
     text = checkpoint.metadata.get("gdensify.experiment")
     if text is not None:
         return experiment_from_dict(json.loads(text))
-    if checkpoint.kind not in KINDS:
-        raise ConfigError(f"unknown checkpoint kind {checkpoint.kind!r}; expected one of {sorted(KINDS)}")
-    experiment = KINDS[checkpoint.kind]()
-    return replace(experiment, model=from_dict(type(experiment.model), checkpoint.config))
+    return Experiment(model_config(checkpoint), data_config_from_checkpoint(checkpoint))
