@@ -168,7 +168,7 @@ class GenerativeDensifier(nn.Module):
             if coord.shape[0] == 0:
                 break
             points_in = counts_of(batch, B)
-            point = PointBatch(coord, feat, batch, B, grid, global_feat)
+            point = PointBatch(coord, feat, batch, B, grid, global_feat, cfg.cpe_duplicates, cfg.serialization_ties)
             point.serialize(cfg.orders, shuffle=shuffle, generator=generator)
             for i, block in enumerate(layer.blocks):
                 point = block(point, i, generator)
