@@ -11,9 +11,9 @@ Conventions
   index (objects without points are allowed inside a batch).
 - Sparse convolution weight layout is spconv's (C_out, 3, 3, 3, C_in). The output at cell g is
   ``Σ_d W[:, dx+1, dy+1, dz+1, :] · f(g + d)`` for d ∈ {-1, 0, 1}³ — cross-correlation, i.e. exactly
-  ``F.conv3d(dense, W.permute(0, 4, 1, 2, 3), padding=1)`` on a dense grid indexed [x, y, z]. (Whether spconv's
-  kernel index means +d or -d has not been checked against spconv on a GPU; flip the kernel if a released
-  checkpoint needs it.)
+  ``F.conv3d(dense, W.permute(0, 4, 1, 2, 3), padding=1)`` on a dense grid indexed [x, y, z]. spconv's kernel
+  index means the same +d (checked against spconv 2.3.8 on CPU through the official fixtures of
+  `tests/test_official_scene.py`).
 - Several points in one cell (possible because the grid is anchored at the per-object minimum and points move
   within a cell; `PointBatch.duplicates`):
 

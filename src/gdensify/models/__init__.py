@@ -13,6 +13,7 @@ from .lara import (
 )
 from .mvsplat import MVSplatBackbone, MVSplatConfig, MVSplatOutput
 from .object_gd import ObjectGD, ObjectGDConfig
+from .official import decode_points, load_official_checkpoint
 from .output import Reconstruction
 from .scene_gd import SceneGD, SceneGDConfig
 from .vit import ViTConfig, VisionTransformer, WeightLoadingError, load_vit_weights
@@ -20,6 +21,7 @@ from .vit import ViTConfig, VisionTransformer, WeightLoadingError, load_vit_weig
 __all__ = [
     "LaRaBackbone", "LaRaCoarse", "LaRaConfig", "LaRaRefined", "MVSplatBackbone", "MVSplatConfig", "MVSplatOutput",
     "ObjectGD", "ObjectGDConfig", "Reconstruction", "SceneGD", "SceneGDConfig", "ViTConfig", "VisionTransformer",
-    "WeightLoadingError", "format_parameter_counts", "load_official_state_dict", "load_vit_weights",
+    "WeightLoadingError", "decode_points", "format_parameter_counts", "load_official_checkpoint",
+    "load_official_state_dict", "load_vit_weights",
     "parameter_counts", "visible_masks",
 ]
