@@ -20,7 +20,8 @@ MVSPLAT_INVERSE = [
     ("cost_volume_refine.stem.", "depth_predictor.corr_refine_net."),
     ("cost_volume_refine.unet.", "depth_predictor.corr_refine_net.3."),
     ("cost_volume_out.", "depth_predictor.corr_refine_net.4."),
-    ("cost_volume_residual.", "depth_predictor.regressor_residual."), ("depth_head.", "depth_predictor.depth_head_lowres."),
+    ("cost_volume_residual.", "depth_predictor.regressor_residual."),
+    ("depth_head.", "depth_predictor.depth_head_lowres."),
     ("upsampler.", "depth_predictor.upsampler.0."), ("proj_feature.", "depth_predictor.proj_feature."),
     ("depth_refine.stem.", "depth_predictor.refine_unet."), ("depth_refine.unet.", "depth_predictor.refine_unet.3."),
     ("gaussian_head.", "depth_predictor.to_gaussians."), ("disparity_head.", "depth_predictor.to_disparity."),
@@ -73,7 +74,8 @@ def _official_state(kind: str) -> dict[str, torch.Tensor]:
 OFFICIAL_TOTALS = {"gd-object": (440, 134_087_452), "gd-object-residual": (440, 134_087_452),
                    "gd-scene": (610, 27_799_536), "mvsplat": (471, 11_955_734)}
 OFFICIAL_SHAPES = {
-    "gd-object": {"net.img_encoder.model.pos_embed": (1, 197, 768), "net.dec.0.block0.cpe.0.weight": (160, 3, 3, 3, 160),
+    "gd-object": {"net.img_encoder.model.pos_embed": (1, 197, 768),
+                  "net.dec.0.block0.cpe.0.weight": (160, 3, 3, 3, 160),
                   "net.dec.1.block1.attn.qkv.weight": (768, 256), "net.decoder.mlp_coarse.4.weight": (23, 80),
                   "net.decoder.mlp_fine.2.weight": (92, 80), "net.dec.0.up.frequencies": (15,),
                   "net.dec.0.mask.net.2.weight": (1, 256), "net.dec.1.head.feat2attr.2.weight": (20, 256)},
@@ -236,3 +238,12 @@ def test_defaults_unchanged():
         DensifierConfig(cpe_duplicates="gpu")
     with pytest.raises(ValueError, match="sh_rotation"):
         MVSplatConfig(sh_rotation="wigner")
+
+
+def test_missing_decoder_key_is_named():
+    from gdensify.models.official import released_official_config
+
+    config = released_official_config("gd-scene")
+    del config["model"]["decoder"]["upscale_factor"]
+    with pytest.raises(ValueError, match=r"model\.decoder\.upscale_factor is missing"):
+        translate_config("gd-scene", config)

@@ -346,8 +346,9 @@ class SubmanifoldConv3d(nn.Module):
     @staticmethod
     def _spconv_cpu(feat: Tensor, w: Tensor, voxels: VoxelMap) -> Tensor:
         """The ``"spconv_cpu"`` rule as two cell-level convolutions with half kernels:
-        out[p] = W_c·f[p] + Σ_{k>13} W_k·f[first(cell(p)+d_k)] + [p first of its cell]·Σ_{k<13} W_k·S[cell(p)+d_k],
-        S[u] = Σ of the features of the points of cell u. Differentiable."""
+        out[p] = W_c·f[p] + Σ_{k>13} W_k·f[first(cell(p)+d_k)] + [p first]·Σ_{k<13} W_k·S[cell(p)+d_k],
+        S[u] = Σ of the features of the points of cell u, [p first] = 1 for the first point of its cell.
+        Differentiable."""
         k = torch.arange(27, device=w.device)[:, None, None]
         first = voxels.first_points()
         cell_sum = voxels.pool(feat) * voxels.voxel_counts.to(feat.dtype)[:, None]

@@ -317,6 +317,13 @@ def _get(section: Mapping[str, Any], key: str, default: Any, where: str) -> Any:
     return section.get(key, default)
 
 
+def _need(section: Mapping[str, Any], key: str, where: str) -> Any:
+    value = _get(section, key, None, where)
+    if value is None:
+        raise ValueError(f"official config: {where}.{key} is missing")
+    return value
+
+
 def _require(value: Any, expected: Any, where: str) -> None:
     if value != expected:
         raise ValueError(f"official config: {where} = {value!r} is not supported (gdensify reproduces {expected!r})")
@@ -332,15 +339,15 @@ def _densifier_config(section: Mapping[str, Any], where: str, in_channels: int, 
                       sh_degree: int, **fixed: Any) -> DensifierConfig:
     """The shared decoder keys (``dec_*``, ``upscale_factor``, ``non_leaf_ratio``, ...) → `DensifierConfig` with
     the released behaviours switched on."""
-    channels = [int(c) for c in _get(section, "dec_channels", None, where)]
+    channels = [int(c) for c in _need(section, "dec_channels", where)]
     layers = len(channels)
-    heads = [int(h) for h in _get(section, "dec_num_head", None, where)]
+    heads = [int(h) for h in _need(section, "dec_num_head", where)]
     if len(heads) != layers:
         raise ValueError(f"official config: {where}.dec_num_head has {len(heads)} entries for {layers} layers")
     head_dim = _same([c // h for c, h in zip(channels, heads)], f"{where}.dec_channels / dec_num_head")
     if any(c % h for c, h in zip(channels, heads)):
         raise ValueError(f"official config: {where}.dec_channels {channels} not divisible by dec_num_head {heads}")
-    ratios = [float(r) for r in _get(section, "non_leaf_ratio", None, where)]
+    ratios = [float(r) for r in _need(section, "non_leaf_ratio", where)]
     if len(ratios) < layers - 1:
         raise ValueError(f"official config: {where}.non_leaf_ratio {ratios} needs {layers - 1} entries")
     strides = [int(s) for s in _get(section, "stride", [2] * (layers - 1), where)]
@@ -352,8 +359,8 @@ def _densifier_config(section: Mapping[str, Any], where: str, in_channels: int, 
             _require(section[key], expected, f"{where}.{key}")
     return DensifierConfig(
         in_channels=in_channels, channels=tuple(channels),
-        num_blocks=tuple(int(d) for d in _get(section, "dec_depths", None, where)),
-        up_factors=tuple(int(f) for f in _get(section, "upscale_factor", None, where)),
+        num_blocks=tuple(int(d) for d in _need(section, "dec_depths", where)),
+        up_factors=tuple(int(f) for f in _need(section, "upscale_factor", where)),
         keep_ratios=tuple(ratios[: layers - 1]) + (1.0,), grid_size=grid_size, head_dim=head_dim,
         patch_size=_same([int(p) for p in _get(section, "dec_patch_size", [48] * layers, where)],
                          f"{where}.dec_patch_size"),
@@ -403,7 +410,8 @@ def translate_object_config(official: Mapping[str, Any], residual: bool | None =
         encoder=_vit_config(model), image_size=size[0], max_views=int(_get(official, "n_views", 4, "config")),
         view_embed_dim=int(_get(model, "view_embed_dim", 32, where)),
         feat_volume_size=int(_get(model, "vol_feat_reso", 16, where)), volume_size=reso,
-        volume_dim=int(_get(model, "embedding_dim", 256, where)), volume_layers=int(_get(model, "num_layers", 12, where)),
+        volume_dim=int(_get(model, "embedding_dim", 256, where)),
+        volume_layers=int(_get(model, "num_layers", 12, where)),
         volume_heads=int(_get(model, "num_heads", 16, where)),
         groups=tuple(int(g) for g in _get(model, "n_groups", [16], where)),
         gaussian_feature_dim=int(_get(model, "vol_embedding_out_dim", 80, where)),
@@ -473,8 +481,7 @@ def translate_scene_config(official: Mapping[str, Any], densify: bool) -> Transl
         # the released PointDecoder serializes layers > 0 with the default list whatever `order` says
         raise ValueError(f"official config: {where}.order = {list(order)} is not supported (the released scene "
                          "decoder uses the default order list in every layer but the first)")
-    channels = [int(c) for c in _get(decoder, "dec_channels", None, where)]
-    width = channels[0] // 2
+    width = int(_need(decoder, "dec_channels", where)[0]) // 2
     densifier = _densifier_config(
         decoder, where, 2 * width, float(_get(decoder, "grid_size", 0.01, where)), backbone.sh_degree,
         offset_scale=0.1, mask="softmax", head_before_split=True, residual_attributes=True, opacity_shift=0.0,
