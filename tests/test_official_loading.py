@@ -247,3 +247,24 @@ def test_missing_decoder_key_is_named():
     del config["model"]["decoder"]["upscale_factor"]
     with pytest.raises(ValueError, match=r"model\.decoder\.upscale_factor is missing"):
         translate_config("gd-scene", config)
+
+
+def test_convert_to_gdensify_checkpoint(tmp_path, mvsplat):
+    from gdensify.models.loading import load_model
+    from gdensify.models.official import convert_official_checkpoint
+
+    state, config = mvsplat
+    out = convert_official_checkpoint(state, tmp_path / "mvsplat.safetensors", official_config=config)
+    model, checkpoint = load_model(out, kind="scene")
+    assert checkpoint.metadata["gdensify.official_kind"] == "mvsplat"
+    assert model.config.backbone.sh_rotation == "e3nn" and model.densifier is None
+    direct = load_official_checkpoint(state, official_config=config)
+    for name, value in direct.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+    with pytest.raises(ValueError, match="already exists"):
+        convert_official_checkpoint(state, out, official_config=config)
+    tensors, meta = load_fixture("object_small")
+    out = convert_official_checkpoint(weights(tensors), tmp_path / "object.safetensors",
+                                      official_config=object_config(meta))
+    model, _ = load_model(out, kind="object")
+    assert model.config.densifier.cpe_duplicates == "spconv_cpu" and model.config.selection.k == 200

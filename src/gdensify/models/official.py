@@ -26,8 +26,9 @@ Pieces (each usable alone):
   `MVSplatConfig.released` switches (additive window mask, cost-volume pixel grid, ``align_corners=True``
   up-sampling, e3nn SH rotation);
 - `infer_kind` from the keys, `check_state_dict` (one error naming unknown, missing and mismatched tensors),
-  `load_official_checkpoint` (the model, eval mode, float32) and `decode_points` (the released scene
-  `PointDecoder.forward`: densifier + MVSplat's adapter in one camera).
+  `load_official_checkpoint` (the model, eval mode, float32), `convert_official_checkpoint` (a gdensify
+  checkpoint file) and `decode_points` (the released scene `PointDecoder.forward`: densifier + MVSplat's adapter
+  in one camera).
 
 Not reproduced here: the released object model's renderer rules (SH view direction from −t_c2w, tile rectangle,
 radius rule, near-only culling, [0, 1] clamp) belong to the renderer and the model pipeline; flash-attn's fp16
@@ -40,6 +41,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
@@ -564,6 +566,27 @@ def load_official_checkpoint(source: str | os.PathLike | Mapping[str, Tensor], k
     return model.float().eval()
 
 
+def convert_official_checkpoint(source: str | os.PathLike | Mapping[str, Tensor], output: str | os.PathLike,
+                                kind: str | None = None, official_config: Mapping[str, Any] | None = None,
+                                overwrite: bool = False) -> Path:
+    """Write an official checkpoint as a gdensify checkpoint (`gdensify.io.save_checkpoint`: our weights and
+    the translated config; model kind "object" or "scene"), readable by `gdensify.models.loading.load_model`.
+    The official kind is stored as ``gdensify.official_kind`` metadata. Refuses to replace an existing file
+    unless `overwrite`."""
+    from ..config import to_dict  # noqa: PLC0415
+    from ..io import save_checkpoint  # noqa: PLC0415
+
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise ValueError(f"{output}: already exists (pass overwrite=True to replace it)")
+    state = read_official_state_dict(source)
+    kind = kind if kind is not None else infer_kind(state, official_config)
+    model = load_official_checkpoint(state, kind, official_config)
+    family = "object" if kind.startswith("gd-object") else "scene"
+    return save_checkpoint(output, model.state_dict(), family, to_dict(model.config),
+                           extra={"gdensify.official_kind": kind})
+
+
 # ---------------------------------------------------------------------------------------------- scene decoder
 def decode_points(model: nn.Module, points: Float[Tensor, "N 3"], features: Float[Tensor, "N C"],
                   camera: Cameras) -> Gaussians:
@@ -590,7 +613,8 @@ def decode_points(model: nn.Module, points: Float[Tensor, "N 3"], features: Floa
 
 
 __all__ = [
-    "KINDS", "MappingReport", "TranslatedConfig", "build_model", "check_state_dict", "decode_points",
+    "KINDS", "MappingReport", "TranslatedConfig", "build_model", "check_state_dict", "convert_official_checkpoint",
+    "decode_points",
     "densifier_head_permutation", "infer_kind", "load_official_checkpoint", "map_state_dict", "mapped_state_dict",
     "mvsplat_head_permutation", "official_key", "read_official_state_dict", "released_official_config",
     "translate_config", "translate_mvsplat_config",
