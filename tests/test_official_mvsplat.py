@@ -109,3 +109,21 @@ def test_each_switch_matters(run):
         means = (out.means.reshape(n, 3) - tensors["out.gaussians.means"][0]).abs().max()
         sh = (out.sh.reshape(n, -1, 3).transpose(1, 2) - tensors["out.gaussians.harmonics"][0]).abs().max()
         assert max(means, sh) > 1e-3, name
+
+
+def test_view_batch_forward(run):
+    """The public call: model(ViewBatch) → Reconstruction whose coarse[0] holds the V·H·W pixel-aligned Gaussians in
+    (view, row, column) order."""
+    from gdensify.data.batch import ViewBatch
+
+    tensors, out, _, model = run
+    size = out.means.shape[2]
+    k = tensors["inputs.intrinsics"][0].clone()
+    k[:, :2] *= size
+    cameras = Cameras.from_camera_to_world(tensors["inputs.extrinsics"][0], k, size, size, near=0.5, far=10.0)
+    images = tensors["inputs.image"].permute(0, 1, 3, 4, 2)
+    batch = ViewBatch(images, [cameras], images, [cameras], torch.zeros(1, 2, 3), torch.zeros(1, 3), ["scene"])
+    with torch.no_grad():
+        coarse = model(batch).coarse[0]
+    assert_close(coarse.means, tensors["out.gaussians.means"][0], 1e-4, "means")
+    assert_close(coarse.sh.transpose(1, 2), tensors["out.gaussians.harmonics"][0], 1e-4, "harmonics")
