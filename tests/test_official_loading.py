@@ -1,4 +1,4 @@
-"""Loading official checkpoints: paper-size key layouts (meta device) against the official key fact sheet, kind
+"""Loading official checkpoints: paper-size key layouts (meta device) against the official models' key listings, kind
 inference, the strict mapping report, checkpoint files, config translation errors, and unchanged defaults."""
 
 import re
@@ -13,8 +13,8 @@ from gdensify.models.official import (build_model, infer_kind, load_official_che
                                       mapped_state_dict, mvsplat_head_permutation, densifier_head_permutation,
                                       read_official_state_dict, translate_config)
 
-# Our name → official name, written from the official key fact sheet (an inverse independent of the loader's
-# rules). MVSplat encoder module names (official without "encoder." → ours):
+# Our name → official name, written from the official models' state-dict listings (an inverse independent of the
+# loader's rules). MVSplat encoder module names (ours → official without "encoder."):
 MVSPLAT_INVERSE = [
     ("cnn.", "backbone.backbone."), ("transformer.", "backbone.transformer."),
     ("cost_volume_refine.stem.", "depth_predictor.corr_refine_net."),
@@ -70,7 +70,8 @@ def _official_state(kind: str) -> dict[str, torch.Tensor]:
     return state
 
 
-# (entries, elements) of the official state dicts (official key fact sheet), and some named shapes from it.
+# (entries, elements) of the released official state dicts, as listed from the official models built at their released
+# configs (GD object `Network` incl. its 2 grid buffers, GD scene model, MVSplat encoder), and some named shapes.
 OFFICIAL_TOTALS = {"gd-object": (440, 134_087_452), "gd-object-residual": (440, 134_087_452),
                    "gd-scene": (610, 27_799_536), "mvsplat": (471, 11_955_734)}
 OFFICIAL_SHAPES = {
