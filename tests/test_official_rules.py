@@ -124,3 +124,17 @@ def test_e3nn_convention():
     with pytest.raises(ValueError, match="convention"):
         rotate_sh(sh, r1, "xyz")
     assert math.isclose(float(torch.linalg.det(d1[4:9, 4:9])), 1.0, abs_tol=1e-9)
+
+
+def test_released_ties_batch_equals_separate_calls():
+    g = torch.Generator().manual_seed(4)
+    grids = [torch.randint(0, 3, (n, 3), generator=g) for n in (300, 200)]
+    batch = torch.tensor([0, 1] * 200 + [0] * 100)  # interleaved objects
+    grid = torch.empty(500, 3, dtype=torch.long)
+    grid[batch == 0], grid[batch == 1] = grids[0], grids[1]
+    _, order, _ = serialize(grid, batch, 2, ties="released")
+    for b, sub in enumerate(grids):
+        rows = torch.nonzero(batch == b).flatten()
+        _, alone, _ = serialize(sub, torch.zeros(len(sub), dtype=torch.long), 1, ties="released")
+        start = 0 if b == 0 else 300
+        assert torch.equal(order[:, start: start + len(sub)], rows[alone])

@@ -21,6 +21,8 @@ Orders (``ties``): ``"stable"`` (default) sorts every curve with ``argsort(code,
 points in one cell) keep their input order; ``"released"`` reproduces the released PTv3/GD code, which sorts the
 stacked codes of all curves at once with the default (unstable) ``torch.argsort(torch.stack(codes))``: the order
 of tied points is then whatever that sort gives (reproducible for a given input on CPU; CUDA sorts may differ).
+The released code serializes one object per call, so with several objects the unstable sort runs on each
+object's points (in input order) separately, and a batch is ordered exactly as separate calls would order it.
 ``inverse`` is the inverse permutation (``order[inverse] == arange``).
 """
 
@@ -32,7 +34,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from ._ops import take
+from ._ops import counts_of, take
 
 ORDERS = ("z", "z-trans", "hilbert", "hilbert-trans")
 TIES = ("stable", "released")
@@ -171,7 +173,27 @@ def serialize(
         empty = torch.zeros(0, grid.shape[0], dtype=torch.long, device=grid.device)
         return empty, empty.clone(), empty.clone()
     code = torch.stack(codes)
-    order = torch.argsort(code, dim=-1, stable=True) if ties == "stable" else torch.argsort(code)
+    if ties == "stable":
+        order = torch.argsort(code, dim=-1, stable=True)
+    else:
+        order = _per_object_argsort(code, batch, num_objects)
     inverse = torch.empty_like(order)
     inverse.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order).contiguous())
     return code, order, inverse
+
+
+def _per_object_argsort(code: Tensor, batch: Tensor, num_objects: int) -> Tensor:
+    """Unstable `torch.argsort` of each object's (curves, n_b) codes on its own, placed where the object's points
+    fall in the packed order (objects in increasing index)."""
+    if num_objects <= 1 or bool((batch == batch[0]).all()):
+        return torch.argsort(code)
+    order = torch.empty_like(code)
+    counts = counts_of(batch, num_objects).tolist()
+    start = 0
+    for b, n in enumerate(counts):
+        if n == 0:
+            continue
+        rows = torch.nonzero(batch == b, as_tuple=False).flatten()
+        order[:, start: start + n] = rows[torch.argsort(code[:, rows])]
+        start += n
+    return order
