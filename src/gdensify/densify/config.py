@@ -11,6 +11,12 @@ Defaults follow the paper; the released code's behaviour is available through sw
 - ``mask``: ``"sigmoid"`` (paper) | ``"softmax"`` over the object's points (released residual model).
 - ``shuffle_orders_eval``: ``False`` (evaluation is deterministic) | ``True`` (the released code shuffles the
   curves at test time too).
+- ``serialization_ties``: ``"stable"`` (points sharing a cell keep their input order along every curve) |
+  ``"released"`` (the released code's unstable ``torch.argsort`` of the stacked curve codes; see
+  `serialization`).
+- ``cpe_duplicates``: how the sparse-conv CPE treats several points in one cell: ``"mean"`` (one output per cell
+  from the mean feature) | ``"spconv_cpu"`` (the rule of spconv 2.3.8's CPU build that the released code runs on
+  CPU; see `point_transformer`).
 
 Presets: ``paper_object`` (the released object decoder: 160/256 channels, 2 blocks per layer, factors [2, 4],
 keep ratio 0.8; 12,000 points → 4,800 + 76,800 = 81,600 fine Gaussians; 7,946,555 parameters with
@@ -26,7 +32,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .serialization import ORDERS
+from .point_transformer import DUPLICATE_RULES
+from .serialization import ORDERS, TIES
 
 _PRESETS = ("paper_object", "paper_scene", "tiny")
 
@@ -59,6 +66,8 @@ class DensifierConfig:
     orders: tuple[str, ...] = field(default_factory=lambda: tuple(ORDERS))
     shuffle_orders: bool = True  # in training, with the forward's generator
     shuffle_orders_eval: bool = False
+    serialization_ties: Literal["stable", "released"] = "stable"
+    cpe_duplicates: Literal["mean", "spconv_cpu"] = "mean"
     row_chunk: int = 0  # UP and HEAD in blocks of about this many output rows (0: all at once); same result
 
     def __post_init__(self) -> None:
@@ -102,6 +111,10 @@ class DensifierConfig:
             raise ValueError("residual_attributes needs head_before_split=True (UP → HEAD → SPLIT)")
         if not 0 <= self.sh_degree <= 4:
             raise ValueError(f"sh_degree must be in [0, 4], got {self.sh_degree}")
+        if self.serialization_ties not in TIES:
+            raise ValueError(f"serialization_ties must be one of {TIES}, got {self.serialization_ties!r}")
+        if self.cpe_duplicates not in DUPLICATE_RULES:
+            raise ValueError(f"cpe_duplicates must be one of {DUPLICATE_RULES}, got {self.cpe_duplicates!r}")
         bad = [o for o in self.orders if o not in ORDERS]
         if bad or not self.orders:
             raise ValueError(f"orders must be a non-empty subset of {ORDERS}, got {self.orders}")

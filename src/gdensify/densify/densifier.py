@@ -168,7 +168,7 @@ class GenerativeDensifier(nn.Module):
             if coord.shape[0] == 0:
                 break
             points_in = counts_of(batch, B)
-            point = PointBatch(coord, feat, batch, B, grid, global_feat)
+            point = PointBatch(coord, feat, batch, B, grid, global_feat, cfg.cpe_duplicates, cfg.serialization_ties)
             point.serialize(cfg.orders, shuffle=shuffle, generator=generator)
             for i, block in enumerate(layer.blocks):
                 point = block(point, i, generator)
@@ -240,8 +240,8 @@ class GenerativeDensifier(nn.Module):
     def load_released_state_dict(self, state_dict: dict[str, Tensor], strict: bool = True):
         """Load the decoder weights of a released GD object checkpoint (its ``state_dict``, Lightning's
         ``net.`` prefix included or not). Needs ``norm="layernorm"`` (the released decoder has no adaptive-norm
-        weights). The sparse-conv weights keep spconv's (C_out, 3, 3, 3, C_in) layout; whether spconv's kernel
-        offset convention equals ours is unverified (see `point_transformer`)."""
+        weights). The sparse-conv weights keep spconv's (C_out, 3, 3, 3, C_in) layout and offset convention (see
+        `point_transformer`). `gdensify.models.official` loads whole official checkpoints."""
         mapped = {}
         for key, value in state_dict.items():
             ours = self.released_key(key)

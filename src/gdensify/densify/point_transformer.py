@@ -11,12 +11,22 @@ Conventions
   index (objects without points are allowed inside a batch).
 - Sparse convolution weight layout is spconv's (C_out, 3, 3, 3, C_in). The output at cell g is
   ``Σ_d W[:, dx+1, dy+1, dz+1, :] · f(g + d)`` for d ∈ {-1, 0, 1}³ — cross-correlation, i.e. exactly
-  ``F.conv3d(dense, W.permute(0, 4, 1, 2, 3), padding=1)`` on a dense grid indexed [x, y, z]. (Whether spconv's
-  kernel index means +d or -d has not been checked against spconv on a GPU; flip the kernel if a released
-  checkpoint needs it.)
+  ``F.conv3d(dense, W.permute(0, 4, 1, 2, 3), padding=1)`` on a dense grid indexed [x, y, z]. spconv's kernel
+  index means the same +d (checked against spconv 2.3.8 on CPU through the official fixtures of
+  `tests/test_official_scene.py`).
 - Several points in one cell (possible because the grid is anchored at the per-object minimum and points move
-  within a cell): the cell's input feature is the **mean** of its points' features, the convolution runs once per
-  occupied cell, and every point of the cell receives that cell's output. (spconv leaves this undefined.)
+  within a cell; `PointBatch.duplicates`):
+
+  * ``"mean"`` (default): the cell's input feature is the **mean** of its points' features, the convolution runs
+    once per occupied cell, and every point of the cell receives that cell's output. (spconv leaves this case
+    undefined.)
+  * ``"spconv_cpu"``: what spconv 2.3.8's CPU `SubMConv3d` computes with one thread (the released GD models
+    evaluated on CPU). "First point" of a cell = the point with the lowest index among the cell's points. The
+    centre tap gives every point W_c·(its own feature); for each kernel offset k < 13 (the first half in kernel
+    order, offset d_k) only the first point of a cell receives W_k·(sum of the features of every point of the
+    cell at +d_k); for each mirror offset k > 13 every point receives W_k·(feature of the first point of the cell
+    at +d_k). With one point per cell both rules are the plain submanifold convolution. (spconv's GPU build
+    uses a hash table whose "first" point is arbitrary; no rule reproduces it.)
 - Patch attention follows the released flash-attention path: per object with n points in serialized order and
   patch size P, if n > P and n mod P ≠ 0 the sequence is padded to ceil(n/P)·P, the padding slots of the last
   patch holding the points at the same slot positions of the previous patch (n = 10, P = 4: slots
@@ -41,6 +51,7 @@ from ._ops import counts_of, take
 # ---------------------------------------------------------------------------------------------- point batch
 _OFFSETS = [(dx, dy, dz) for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1)]  # k = 9(dx+1)+3(dy+1)+dz+1
 CENTER = 13
+DUPLICATE_RULES = ("mean", "spconv_cpu")
 
 
 @dataclass
@@ -70,6 +81,10 @@ class VoxelMap:
     def unpool(self, voxel_feat: Tensor) -> Tensor:
         """Every point gets its cell's value (N, C)."""
         return take(voxel_feat, self.point_to_voxel)
+
+    def first_points(self) -> Tensor:
+        """(V,) the lowest point index of every cell."""
+        return take(self.point_perm, torch.cumsum(self.voxel_counts, 0) - self.voxel_counts)
 
 
 def build_voxel_map(grid: Int[Tensor, "N 3"], batch: Int[Tensor, " N"], num_objects: int) -> VoxelMap:
@@ -158,6 +173,8 @@ class PointBatch:
     num_objects: int
     grid_size: float
     global_feat: Tensor | None = None  # (B, C_global): per-object pooled feature for adaptive normalization
+    duplicates: str = "mean"  # sparse-conv rule for several points in one cell: "mean" | "spconv_cpu" (module doc)
+    ties: str = "stable"  # serialization order of points with equal codes: "stable" | "released"
     grid_coord: Tensor | None = None
     order_names: tuple[str, ...] = ()
     serialized_code: Tensor | None = None
@@ -188,7 +205,8 @@ class PointBatch:
             perm = torch.randperm(len(orders), generator=generator, device=device).tolist()
             orders = tuple(orders[i] for i in perm)
         self.grid_coord = serialization.quantize(self.coord, self.batch, self.grid_size, self.num_objects)
-        code, order, inverse = serialization.serialize(self.grid_coord, self.batch, self.num_objects, orders)
+        code, order, inverse = serialization.serialize(self.grid_coord, self.batch, self.num_objects, orders,
+                                                       self.ties)
         self.order_names, self.serialized_code, self.serialized_order, self.serialized_inverse = \
             orders, code, order, inverse
         self._voxel_map, self._patches = None, {}
@@ -309,15 +327,36 @@ class SubmanifoldConv3d(nn.Module):
         if self.bias is not None:
             nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, feat: Float[Tensor, "N C"], voxels: VoxelMap) -> Float[Tensor, "N C_out"]:
+    def forward(self, feat: Float[Tensor, "N C"], voxels: VoxelMap,
+                duplicates: str = "mean") -> Float[Tensor, "N C_out"]:
+        """`duplicates`: the several-points-per-cell rule, ``"mean"`` or ``"spconv_cpu"`` (module doc)."""
         if feat.shape[-1] != self.in_channels:
             raise ValueError(f"SubmanifoldConv3d expects {self.in_channels} channels, got {feat.shape[-1]}")
+        if duplicates not in DUPLICATE_RULES:
+            raise ValueError(f"sparse-conv duplicate rule must be one of {DUPLICATE_RULES}, got {duplicates!r}")
         w = self.weight.permute(1, 2, 3, 4, 0).reshape(27, self.in_channels, self.out_channels)
-        cell = voxels.pool(feat)
-        out = _SubmanifoldConvFunction.apply(cell, w, voxels)
+        if duplicates == "spconv_cpu" and voxels.max_points_per_voxel > 1:
+            out = self._spconv_cpu(feat, w, voxels)
+        else:
+            out = voxels.unpool(_SubmanifoldConvFunction.apply(voxels.pool(feat), w, voxels))
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
-        return voxels.unpool(out)
+        return out
+
+    @staticmethod
+    def _spconv_cpu(feat: Tensor, w: Tensor, voxels: VoxelMap) -> Tensor:
+        """The ``"spconv_cpu"`` rule as two cell-level convolutions with half kernels:
+        out[p] = W_c·f[p] + Σ_{k>13} W_k·f[first(cell(p)+d_k)] + [p first]·Σ_{k<13} W_k·S[cell(p)+d_k],
+        S[u] = Σ of the features of the points of cell u, [p first] = 1 for the first point of its cell.
+        Differentiable."""
+        k = torch.arange(27, device=w.device)[:, None, None]
+        first = voxels.first_points()
+        cell_sum = voxels.pool(feat) * voxels.voxel_counts.to(feat.dtype)[:, None]
+        mirror = _SubmanifoldConvFunction.apply(take(feat, first), w * (k > CENTER).to(w.dtype), voxels)
+        lower = _SubmanifoldConvFunction.apply(cell_sum, w * (k < CENTER).to(w.dtype), voxels)
+        is_first = torch.zeros(feat.shape[0], dtype=feat.dtype, device=feat.device)
+        is_first[first] = 1.0
+        return feat @ w[CENTER].to(feat.dtype) + voxels.unpool(mirror) + is_first[:, None] * voxels.unpool(lower)
 
 
 # ---------------------------------------------------------------------------------------------- norm, mlp, drop
@@ -435,7 +474,7 @@ class Block(nn.Module):
     def forward(self, point: PointBatch, order_index: int, generator: torch.Generator | None = None) -> PointBatch:
         f, b, g = point.feat, point.batch, point.global_feat
         conv, lin, norm = self.cpe
-        f = f + norm(lin(conv(f, point.voxel_map())), b, g)
+        f = f + norm(lin(conv(f, point.voxel_map(), point.duplicates)), b, g)
         f = f + self.drop_path(self.attn(self.norm1(f, b, g), point, order_index), generator)
         f = f + self.drop_path(self.mlp(self.norm2(f, b, g)), generator)
         point.feat = f

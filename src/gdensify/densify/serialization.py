@@ -17,7 +17,12 @@ exactly this anchor and depth, so a batch of objects is ordered exactly as separ
 Batch packing: ``code = batch << (3·D) | spatial_code`` with D the largest per-object depth, so sorting groups the
 points by object first. Requires ``3·D + bit_length(num_objects - 1) <= 63``.
 
-Orders are ``argsort(code, stable=True)`` (ties, i.e. several points in one cell, keep their input order);
+Orders (``ties``): ``"stable"`` (default) sorts every curve with ``argsort(code, stable=True)``, so ties (several
+points in one cell) keep their input order; ``"released"`` reproduces the released PTv3/GD code, which sorts the
+stacked codes of all curves at once with the default (unstable) ``torch.argsort(torch.stack(codes))``: the order
+of tied points is then whatever that sort gives (reproducible for a given input on CPU; CUDA sorts may differ).
+The released code serializes one object per call, so with several objects the unstable sort runs on each
+object's points (in input order) separately, and a batch is ordered exactly as separate calls would order it.
 ``inverse`` is the inverse permutation (``order[inverse] == arange``).
 """
 
@@ -29,9 +34,10 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from ._ops import take
+from ._ops import counts_of, take
 
 ORDERS = ("z", "z-trans", "hilbert", "hilbert-trans")
+TIES = ("stable", "released")
 MAX_DEPTH = 16
 
 
@@ -139,10 +145,14 @@ def object_depths(grid: Tensor, batch: Tensor, num_objects: int) -> Tensor:
 
 def serialize(
     grid: Int[Tensor, "N 3"], batch: Int[Tensor, " N"], num_objects: int, orders: Sequence[str] = ORDERS,
+    ties: str = "stable",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Packed codes, orders and inverse permutations, each (len(orders), N) int64.
 
-    Objects are serialized independently (per-object depth, see module doc) and packed by batch index."""
+    Objects are serialized independently (per-object depth, see module doc) and packed by batch index; `ties`
+    (``"stable"`` | ``"released"``) orders points with equal codes (module doc)."""
+    if ties not in TIES:
+        raise ValueError(f"serialization ties must be one of {TIES}, got {ties!r}")
     depths = object_depths(grid, batch, num_objects)
     max_depth = int(depths.max()) if num_objects > 0 else 1
     if max_depth > MAX_DEPTH:
@@ -152,18 +162,38 @@ def serialize(
         raise ValueError(f"cannot pack {num_objects} objects above {3 * max_depth} spatial bits in int64")
     point_depth = take(depths, batch)
     unique_depths = torch.unique(point_depth).tolist() if grid.shape[0] else []
-    codes, sort_orders, inverses = [], [], []
+    codes = []
     for name in orders:
         spatial = torch.zeros(grid.shape[0], dtype=torch.long, device=grid.device)
         for d in unique_depths:  # at most MAX_DEPTH groups: one Hilbert/Morton depth per group
             sel = point_depth == d
             spatial[sel] = encode_curve(grid[sel], int(d), name)
-        code = (batch.long() << (3 * max_depth)) | spatial
-        order = torch.argsort(code, stable=True)
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(order.numel(), device=order.device)
-        codes.append(code)
-        sort_orders.append(order)
-        inverses.append(inverse)
-    stack = lambda xs: torch.stack(xs) if xs else torch.zeros(0, grid.shape[0], dtype=torch.long)  # noqa: E731
-    return stack(codes), stack(sort_orders), stack(inverses)
+        codes.append((batch.long() << (3 * max_depth)) | spatial)
+    if not codes:
+        empty = torch.zeros(0, grid.shape[0], dtype=torch.long, device=grid.device)
+        return empty, empty.clone(), empty.clone()
+    code = torch.stack(codes)
+    if ties == "stable":
+        order = torch.argsort(code, dim=-1, stable=True)
+    else:
+        order = _per_object_argsort(code, batch, num_objects)
+    inverse = torch.empty_like(order)
+    inverse.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order).contiguous())
+    return code, order, inverse
+
+
+def _per_object_argsort(code: Tensor, batch: Tensor, num_objects: int) -> Tensor:
+    """Unstable `torch.argsort` of each object's (curves, n_b) codes on its own, placed where the object's points
+    fall in the packed order (objects in increasing index)."""
+    if num_objects <= 1 or bool((batch == batch[0]).all()):
+        return torch.argsort(code)
+    order = torch.empty_like(code)
+    counts = counts_of(batch, num_objects).tolist()
+    start = 0
+    for b, n in enumerate(counts):
+        if n == 0:
+            continue
+        rows = torch.nonzero(batch == b, as_tuple=False).flatten()
+        order[:, start: start + n] = rows[torch.argsort(code[:, rows])]
+        start += n
+    return order

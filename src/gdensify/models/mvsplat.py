@@ -31,12 +31,25 @@ Architecture (MVSplat, `shared/reference/paper_and_mvsplat.md` §4a; blocks in `
    MVSplat's mask (0.1·0.25^l for degree l) and rotated from camera to world axes (exact SH rotation for any
    degree 0–4, `mvsplat_geometry.rotate_sh`). No sigmoid on colour (colour = SH·basis + 0.5 as everywhere).
 
-Differences from the reference code, all deliberate: pixel centres at +0.5 with `align_corners=False` everywhere
-(the reference mixes integer pixel coordinates with `align_corners=True`); intrinsics in pixels; views laid out
-b-major; opacity stored as a logit (the raw density itself, so sigmoid gives MVSplat's opacity); the U-Nets'
-cross-view attention always spans the V views of one scene (the reference reshapes by a fixed frame count); SH
-rotation by an exact least-squares fit per band instead of e3nn's Wigner matrices; the plane-sweep grid is
-computed without gradient, as in the reference, and sampling points behind the source camera read zeros.
+Differences from the reference code, deliberate by default: pixel centres at +0.5 with `align_corners=False`
+everywhere (the reference mixes integer pixel coordinates with `align_corners=True`); intrinsics in pixels; views
+laid out b-major; opacity stored as a logit (the raw density itself, so sigmoid gives MVSplat's opacity); the
+U-Nets' cross-view attention always spans the V views of one scene (the reference reshapes by a fixed frame count);
+SH rotation by an exact least-squares fit per band instead of e3nn's Wigner matrices; shifted-window attention
+masks exactly instead of adding −100; the plane-sweep grid is computed without gradient, as in the reference, and
+sampling points behind the source camera read zeros.
+
+Released-code switches (`MVSplatConfig`; all off by default, all on in `MVSplatConfig.preset("released")`, which loads and
+reproduces published MVSplat / GD-scene checkpoints, see `gdensify.models.official`):
+- ``window_mask``: ``"exact"`` | ``"additive"`` (−100 added to the logits of masked tokens, as UniMatch);
+- ``cost_volume_grid``: ``"centers"`` | ``"released"`` (the reference warps integer pixel coordinates with the
+  normalised intrinsics scaled to the feature map and samples with `align_corners=True`, i.e. the feature-map
+  principal point moves by +0.5 px);
+- ``upsample_align_corners``: ``False`` | ``True`` (bilinear ×4 up-sampling of the full-resolution features and of
+  the disparity with `align_corners=True`);
+- ``sh_rotation``: ``"exact"`` | ``"e3nn"`` (`mvsplat_geometry.e3nn_wigner_matrices`).
+The released Gaussian head's output layout (quaternion xyzw, SH channel-major) differs from ours ([scale | wxyz |
+SH coefficient-major]); `gdensify.models.official` permutes the rows of its last convolution at load time.
 
 Inputs: images (B, V, H, W, 3) in [0, 1] with H and W multiples of `config.size_multiple` (16 in both presets);
 cameras as a list of B `Cameras` of V views each (intrinsics in pixels for H×W), a single `Cameras` of B·V views
@@ -65,7 +78,8 @@ from ..config import Presets
 from ..io.weights import load_mapped, read_state_dict
 from ..render import RenderOutput
 from .backbone import Backbone, Coarse, Conditioned, register_backbone
-from .mvsplat_geometry import adapt_attributes, disparity_candidates, pixel_centers, plane_sweep_correlation
+from .mvsplat_geometry import (SH_ROTATIONS, adapt_attributes, disparity_candidates, pixel_centers,
+                               plane_sweep_correlation)
 from .mvsplat_layers import IMAGENET_MEAN, IMAGENET_STD, CNNEncoder, MultiViewTransformer, RefinementNet
 from .view_tokens import VIEW_TOKEN_DIM, ConditioningConfig, ViewConditioning, sample_view_tokens, token_maps
 
@@ -105,6 +119,11 @@ class MVSplatConfig(Presets):
     pixel_offsets: bool = True  # learned sub-pixel offsets of the ray in [-0.5, 0.5] px (MVSplat); False = centre
     depth_mode: Literal["ray", "z"] = "ray"
     feature_backbone_weights: str | None = None  # optional local file initialising `cnn` + `transformer`
+    # released-code switches (module docstring)
+    window_mask: Literal["exact", "additive"] = "exact"
+    cost_volume_grid: Literal["centers", "released"] = "centers"
+    upsample_align_corners: bool = False
+    sh_rotation: Literal["exact", "e3nn"] = "exact"
     # GD hooks (used only when the model densifies)
     conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)
     leaf_init: Literal["zero", "parent"] = "zero"  # residual attributes start at zero (release) or at the parent
@@ -159,6 +178,35 @@ class MVSplatConfig(Presets):
             raise ValueError(f"MVSplatConfig.scale_multiplier must be positive, got {self.scale_multiplier}")
         if self.depth_mode not in ("ray", "z"):
             raise ValueError(f"MVSplatConfig.depth_mode must be 'ray' or 'z', got {self.depth_mode!r}")
+        for name, allowed in (("window_mask", ("exact", "additive")), ("cost_volume_grid", ("centers", "released")),
+                              ("sh_rotation", SH_ROTATIONS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"MVSplatConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+    # ------------------------------------------------------------------ presets
+    @staticmethod
+    def paper() -> "MVSplatConfig":
+        """MVSplat's RealEstate10K model (config/experiment/re10k.yaml over costvolume.yaml): ~12 M parameters."""
+        return MVSplatConfig()
+
+    @staticmethod
+    def released(**overrides) -> "MVSplatConfig":
+        """The `paper` shapes with every released-code switch on (module docstring): what published MVSplat and
+        GD-scene checkpoints need to reproduce their outputs."""
+        base = dict(window_mask="additive", cost_volume_grid="released", upsample_align_corners=True,
+                    sh_rotation="e3nn")
+        return MVSplatConfig(**{**base, **overrides})
+
+    @staticmethod
+    def tiny() -> "MVSplatConfig":
+        """Trains on 2 CPU cores at 64²–128² with 2 views; same structure, small channels, 32 depth candidates."""
+        return MVSplatConfig(
+            cnn_channels=(16, 24, 32), d_feature=32, transformer_layers=2, transformer_heads=1, ffn_expansion=2,
+            attn_splits=2, num_depth_candidates=32, costvolume_unet_channels=32,
+            costvolume_unet_channel_mult=(1, 1, 1), costvolume_unet_attn_levels=(4,), costvolume_depth_chunk=32,
+            depth_unet_channels=16, depth_unet_channel_mult=(1, 1, 1, 1), depth_unet_attn_levels=(8,),
+            unet_head_channels=16, sh_degree=2,
+        )
         if isinstance(self.conditioning, dict):
             self.conditioning = ConditioningConfig(**self.conditioning)
         if self.leaf_init not in ("zero", "parent"):
@@ -178,6 +226,10 @@ class MVSplatConfig(Presets):
     PRESETS = {
         # MVSplat's RealEstate10K model (config/experiment/re10k.yaml over costvolume.yaml): ~12 M parameters
         "paper": {},
+        # the `paper` shapes with every released-code switch on (module docstring): what published MVSplat and
+        # GD-scene checkpoints need to reproduce their outputs
+        "released": dict(window_mask="additive", cost_volume_grid="released", upsample_align_corners=True,
+                         sh_rotation="e3nn"),
         # trains on 2 CPU cores at 64²–128² with 2 views; same structure, small channels, 32 depth candidates
         "tiny": dict(cnn_channels=(16, 24, 32), d_feature=32, transformer_layers=2, transformer_heads=1,
                      ffn_expansion=2, attn_splits=2, num_depth_candidates=32, costvolume_unet_channels=32,
@@ -324,7 +376,8 @@ class MVSplatBackbone(Backbone):
         # 1. feature backbone
         self.cnn = CNNEncoder(cfg.cnn_channels, c)
         self.transformer = MultiViewTransformer(c, cfg.transformer_layers, cfg.transformer_heads,
-                                                cfg.ffn_expansion, cfg.attn_splits)
+                                                cfg.ffn_expansion, cfg.attn_splits,
+                                                -100.0 if cfg.window_mask == "additive" else None)
         # 3. cost-volume refinement and low-res depth head
         cu = cfg.costvolume_unet_channels
         self.cost_volume_refine = RefinementNet(d + c, cu, cfg.costvolume_unet_channel_mult,
@@ -488,6 +541,8 @@ class MVSplatBackbone(Backbone):
         disps = disparity_candidates(near_t, far_t, cfg.num_depth_candidates)  # B D
         k_feat = intr.clone()
         k_feat[..., :2, :] = k_feat[..., :2, :] / 4.0  # pixel-centre convention: scale f and c alike
+        if cfg.cost_volume_grid == "released":
+            k_feat[..., :2, 2] = k_feat[..., :2, 2] + 0.5
         corr = plane_sweep_correlation(trans, k_feat, w2c, disps, cfg.costvolume_depth_chunk)  # B V D hf wf
         trans_flat = trans.reshape(b * v, c, hf, wf)
         cv_in = torch.cat([corr.reshape(b * v, -1, hf, wf), trans_flat], dim=1)
@@ -498,12 +553,13 @@ class MVSplatBackbone(Backbone):
         disp_flat = disps.repeat_interleave(v, dim=0)[:, :, None, None]  # (B V) D 1 1
         coarse_disp = (pdf * disp_flat).sum(dim=1, keepdim=True)
         confidence = pdf.max(dim=1, keepdim=True).values
-        full_disp = F.interpolate(coarse_disp, size=(h, w), mode="bilinear", align_corners=False)
+        corners = cfg.upsample_align_corners
+        full_disp = F.interpolate(coarse_disp, size=(h, w), mode="bilinear", align_corners=corners)
         full_conf = F.interpolate(confidence, size=(h, w), mode="nearest")
 
         # 4. full-resolution features
         feat_full = F.gelu(F.interpolate(self.upsampler(torch.cat([trans_flat, cnn], dim=1)), size=(h, w),
-                                         mode="bilinear", align_corners=False))  # (B V) C H W
+                                         mode="bilinear", align_corners=corners))  # (B V) C H W
         proj = self.proj_feature(feat_full)
 
         # 5. depth refinement → depth, opacity
@@ -603,7 +659,7 @@ class MVSplatBackbone(Backbone):
         axes; for GD's fine Gaussians pass distance = ‖mean − camera centre‖ (§3b step 5)."""
         cfg = self.config
         return adapt_attributes(raw_scales, raw_quats, raw_sh, distance, camera_to_world, intrinsics,
-                                cfg.scale_min, cfg.scale_max, cfg.scale_multiplier)
+                                cfg.scale_min, cfg.scale_max, cfg.scale_multiplier, cfg.sh_rotation)
 
     def _adapt(self, raw: Tensor, depth: Tensor, raw_density: Tensor, w2c: Tensor, intr: Tensor) -> dict[str, Tensor]:
         """MVSplat's Gaussian adapter (see the module docstring), per pixel of every view."""
@@ -627,7 +683,7 @@ class MVSplatBackbone(Backbone):
         means = torch.einsum("bvij,bvhwj->bvhwi", c2w[..., :3, :3], points) + c2w[:, :, None, None, :3, 3]
         log_scales, quats, sh = adapt_attributes(
             raw_scales, raw_quats, raw_sh.reshape(b, v, h, w, cfg.num_sh, 3), depth, c2w[:, :, None, None],
-            intr[:, :, None, None], cfg.scale_min, cfg.scale_max, cfg.scale_multiplier)
+            intr[:, :, None, None], cfg.scale_min, cfg.scale_max, cfg.scale_multiplier, cfg.sh_rotation)
         return {"means": means, "quats": quats, "log_scales": log_scales, "opacity_logits": raw_density,
                 "sh": sh, "head_output": raw, "pixel_xy": xy}
 

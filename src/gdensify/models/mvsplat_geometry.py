@@ -172,17 +172,49 @@ def sh_rotation_matrices(rotations: Float[Tensor, "*batch 3 3"], degree: int) ->
     return d.to(rotations.dtype)
 
 
-def rotate_sh(sh: Float[Tensor, "*batch K 3"], rotations: Float[Tensor, "*batch 3 3"]) -> Float[Tensor, "*batch K 3"]:
+# (x, y, z) → (z, x, y): makes y the polar axis of e3nn's spherical harmonics.
+_E3NN_AXES = ((0.0, 0.0, 1.0), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0))
+
+
+def e3nn_wigner_matrices(rotations: Float[Tensor, "*batch 3 3"], degree: int) -> Float[Tensor, "*batch K K"]:
+    """The block-diagonal matrices that MVSplat's released `rotate_sh` applies to 3DGS-ordered coefficients:
+    e3nn's real Wigner D-matrices ``wigner_D(l, *matrix_to_angles(R))`` for l = 0…degree.
+
+    e3nn's degree-l real harmonics are the real spherical harmonics without the Condon–Shortley phase, with y as
+    the polar axis: Y^e3nn_lm(d) ∝ (−1)^m · Y^3DGS_lm(Q d), Q d = (z, x, y) (the 3DGS basis carries the (−1)^m
+    phase). Since Q is a rotation and Y^3DGS(R d) = D(R) Y^3DGS(d) with D the exact matrices of
+    `sh_rotation_matrices`, e3nn's representation of R is S · D(Q R Qᵀ) · S with S = diag((−1)^m) per band.
+    These matrices rotate e3nn's basis, not the 3DGS one, so applying them to 3DGS coefficients does NOT rotate the
+    colour function (degrees ≥ 1 change); they are provided to reproduce checkpoints trained that way."""
+    q = torch.tensor(_E3NN_AXES, dtype=torch.float64, device=rotations.device)
+    d = sh_rotation_matrices(q @ rotations.to(torch.float64) @ q.T, degree).to(torch.float64)
+    m = torch.cat([torch.arange(-l, l + 1) for l in range(degree + 1)]).to(rotations.device)
+    sign = 1.0 - 2.0 * (m.abs() % 2).to(torch.float64)  # (−1)^m
+    return (sign[:, None] * d * sign[None, :]).to(rotations.dtype)
+
+
+SH_ROTATIONS = ("exact", "e3nn")
+
+
+def rotate_sh(sh: Float[Tensor, "*batch K 3"], rotations: Float[Tensor, "*batch 3 3"],
+              convention: str = "exact") -> Float[Tensor, "*batch K 3"]:
     """Coefficients of the SH colour function rotated by R: eval_sh(rotate_sh(sh, R), R d) = eval_sh(sh, d).
 
-    `rotations` broadcasts against the batch dimensions of `sh` (e.g. one rotation per view for all its pixels)."""
+    `rotations` broadcasts against the batch dimensions of `sh` (e.g. one rotation per view for all its pixels).
+    ``convention="e3nn"`` applies `e3nn_wigner_matrices` instead (MVSplat's released convention, not a rotation of
+    the colour function)."""
+    if convention not in SH_ROTATIONS:
+        raise ValueError(f"SH rotation convention must be one of {SH_ROTATIONS}, got {convention!r}")
     k = sh.shape[-2]
     degree = math.isqrt(k) - 1
     if (degree + 1) ** 2 != k:
         raise ValueError(f"SH coefficient count {k} is not a square (d+1)^2")
     if degree == 0:
         return sh
-    d = sh_rotation_matrices(rotations, degree)
+    if convention == "e3nn":
+        d = e3nn_wigner_matrices(rotations, degree)
+    else:
+        d = sh_rotation_matrices(rotations, degree)
     return torch.einsum("...ij,...jc->...ic", d, sh)
 
 
@@ -211,6 +243,7 @@ def adapt_attributes(
     scale_min: float = 0.5,
     scale_max: float = 15.0,
     scale_multiplier: float = 0.1,
+    sh_rotation: str = "exact",
 ) -> tuple[Float[Tensor, "*batch 3"], Float[Tensor, "*batch 4"], Float[Tensor, "*batch K 3"]]:
     """MVSplat's activation of raw per-Gaussian attributes predicted in a camera's axes → world-space
     (log_scales, quats wxyz, sh), usable for the coarse Gaussians and for GD's fine ones (§3b step 5).
@@ -219,7 +252,8 @@ def adapt_attributes(
       returned as its log; `distance` is the depth along the ray for the coarse Gaussians, ‖mean − camera
       centre‖ for GD's fine ones;
     - quaternion: q_world = q(R_c2w) ⊗ raw (left unnormalised, as the library stores quaternions raw);
-    - SH: multiplied by MVSplat's mask (1, then 0.1·0.25^l) and rotated from camera to world axes.
+    - SH: multiplied by MVSplat's mask (1, then 0.1·0.25^l) and rotated from camera to world axes (`rotate_sh`
+      with `sh_rotation` = "exact" or "e3nn", MVSplat's released convention).
     `camera_to_world` and `intrinsics` broadcast against the batch dimensions (e.g. one camera for all pixels)."""
     rot = camera_to_world[..., :3, :3]
     s = scale_min + (scale_max - scale_min) * torch.sigmoid(raw_scales)
@@ -229,4 +263,4 @@ def adapt_attributes(
     quats = quat_multiply(q_c2w.expand(*raw_quats.shape[:-1], 4), raw_quats)
     degree = math.isqrt(raw_sh.shape[-2]) - 1
     sh = raw_sh * sh_mask(degree, raw_sh.dtype, raw_sh.device)[:, None]
-    return log_scales, quats, rotate_sh(sh, rot)
+    return log_scales, quats, rotate_sh(sh, rot, sh_rotation)

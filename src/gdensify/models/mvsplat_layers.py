@@ -131,10 +131,14 @@ def shifted_window_mask(h: int, w: int, splits: int, device=None) -> Tensor:
 
 
 def window_attention(q: Float[Tensor, "N h w C"], k: Float[Tensor, "N M h w C"], v: Float[Tensor, "N M h w C"],
-                     splits: int, shift: bool, num_heads: int) -> Float[Tensor, "N h w C"]:
+                     splits: int, shift: bool, num_heads: int,
+                     masked_logit: float | None = None) -> Float[Tensor, "N h w C"]:
     """Attention of every query token to the keys of M maps in the same (optionally shifted) local window.
 
-    `splits` = windows per side (1 = global attention over the whole map of every key view)."""
+    `splits` = windows per side (1 = global attention over the whole map of every key view). Tokens of a shifted
+    window that were not adjacent before the shift are kept apart by a mask: `masked_logit` None excludes them
+    exactly (boolean mask); a number is added to their logits instead (UniMatch/MVSplat add −100, which leaks
+    when logits exceed ~100)."""
     n, h, w, c = q.shape
     m = k.shape[1]
     mask = None
@@ -145,6 +149,8 @@ def window_attention(q: Float[Tensor, "N h w C"], k: Float[Tensor, "N M h w C"],
         v = torch.roll(v, shifts=(-sh, -sw), dims=(2, 3))
         mask = shifted_window_mask(h, w, splits, device=q.device).repeat(1, 1, m)  # S² L (M·L)
         mask = mask[:, None]  # S² 1 L (M·L): broadcast over heads
+        if masked_logit is not None:
+            mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, masked_logit)
     qw = _window_partition(q, splits)  # N S² L C
     kw = _window_partition(k.reshape(n * m, h, w, c), splits)  # (N M) S² L C
     vw = _window_partition(v.reshape(n * m, h, w, c), splits)
@@ -165,9 +171,10 @@ def window_attention(q: Float[Tensor, "N h w C"], k: Float[Tensor, "N M h w C"],
 class TransformerLayer(nn.Module):
     """GMFlow layer: message = LN(merge(attn(q(x), k(ctx), v(ctx)))); with FFN: LN(MLP([x, message])); x + message."""
 
-    def __init__(self, dim: int, num_heads: int = 1, ffn: bool = True, ffn_expansion: int = 4) -> None:
+    def __init__(self, dim: int, num_heads: int = 1, ffn: bool = True, ffn_expansion: int = 4,
+                 masked_logit: float | None = None) -> None:
         super().__init__()
-        self.num_heads = num_heads
+        self.num_heads, self.masked_logit = num_heads, masked_logit
         self.q_proj = nn.Linear(dim, dim, bias=False)
         self.k_proj = nn.Linear(dim, dim, bias=False)
         self.v_proj = nn.Linear(dim, dim, bias=False)
@@ -183,7 +190,7 @@ class TransformerLayer(nn.Module):
     def forward(self, x: Float[Tensor, "N h w C"], context: Float[Tensor, "N M h w C"], splits: int,
                 shift: bool) -> Float[Tensor, "N h w C"]:
         message = window_attention(self.q_proj(x), self.k_proj(context), self.v_proj(context), splits, shift,
-                                   self.num_heads)
+                                   self.num_heads, self.masked_logit)
         message = self.norm1(self.merge(message))
         if self.has_ffn:
             message = self.norm2(self.mlp(torch.cat([x, message], dim=-1)))
@@ -193,10 +200,11 @@ class TransformerLayer(nn.Module):
 class TransformerBlock(nn.Module):
     """Self-attention (no FFN), then cross-view attention with FFN."""
 
-    def __init__(self, dim: int, num_heads: int, ffn_expansion: int) -> None:
+    def __init__(self, dim: int, num_heads: int, ffn_expansion: int, masked_logit: float | None = None) -> None:
         super().__init__()
-        self.self_attn = TransformerLayer(dim, num_heads, ffn=False)
-        self.cross_attn_ffn = TransformerLayer(dim, num_heads, ffn=True, ffn_expansion=ffn_expansion)
+        self.self_attn = TransformerLayer(dim, num_heads, ffn=False, masked_logit=masked_logit)
+        self.cross_attn_ffn = TransformerLayer(dim, num_heads, ffn=True, ffn_expansion=ffn_expansion,
+                                               masked_logit=masked_logit)
 
     def forward(self, x: Tensor, others: Tensor, splits: int, shift: bool) -> Tensor:
         x = self.self_attn(x, x[:, None], splits, shift)
@@ -208,13 +216,14 @@ class MultiViewTransformer(nn.Module):
 
     Every layer updates all views from the previous layer's features (the cross-view keys are the other views'
     features before this layer's self-attention, as in GMFlow/MVSplat). Odd layers use shifted windows.
-    Sine position encodings (per window) are added to the input first."""
+    Sine position encodings (per window) are added to the input first. `masked_logit`: see `window_attention`."""
 
     def __init__(self, dim: int = 128, num_layers: int = 6, num_heads: int = 1, ffn_expansion: int = 4,
-                 attn_splits: int = 2) -> None:
+                 attn_splits: int = 2, masked_logit: float | None = None) -> None:
         super().__init__()
         self.dim, self.attn_splits = dim, attn_splits
-        self.layers = nn.ModuleList([TransformerBlock(dim, num_heads, ffn_expansion) for _ in range(num_layers)])
+        self.layers = nn.ModuleList([TransformerBlock(dim, num_heads, ffn_expansion, masked_logit)
+                                     for _ in range(num_layers)])
         for p in self.parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
