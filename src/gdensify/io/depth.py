@@ -24,7 +24,7 @@ from torch import Tensor
 from .atomic import atomic_path
 
 __all__ = ["expected_depth", "colorize_depth", "save_depth_png16", "load_depth_png16", "save_depth_npy",
-           "DEPTH_COLORMAP"]
+           "write_depth_maps", "DEPTH_COLORMAP"]
 
 # Our own ramp, near → far: pale yellow, orange, magenta, violet, deep blue (piecewise linear in sRGB).
 DEPTH_COLORMAP = np.array([
@@ -108,3 +108,27 @@ def save_depth_npy(depth: Float[Tensor, "*batch H W"], path: str | os.PathLike) 
         with open(tmp, "wb") as f:
             np.save(f, depth.detach().cpu().float().numpy())
     return path
+
+
+def write_depth_maps(depth: Float[Tensor, "C H W 1"], alpha: Float[Tensor, "C H W 1"], image_path: str | os.PathLike,
+                     npy: bool = False, min_alpha: float = 0.05) -> list[Path]:
+    """Depth files beside a rendered image `IMAGE.png`: `IMAGE_depth_{i:02d}.png` (16-bit, one per camera),
+    `IMAGE_depth.png` (the colour-mapped previews side by side, one colour scale) and, with `npy`,
+    `IMAGE_depth.npy` (C, H, W) float32. Returns the paths written."""
+    from .images import save_png, side_by_side  # noqa: PLC0415
+
+    image_path = Path(image_path)
+    stem = image_path.with_suffix("").name
+    z = expected_depth(depth.detach().cpu(), alpha.detach().cpu(), min_alpha)
+    written = []
+    for i, zi in enumerate(z):
+        target = image_path.with_name(f"{stem}_depth_{i:02d}.png")
+        save_depth_png16(zi, target)
+        written.append(target)
+    valid = z[torch.isfinite(z)].double()
+    near, far = (float(torch.quantile(valid, 0.02)), float(torch.quantile(valid, 0.98))) if len(valid) else (0, 1)
+    written.append(save_png(side_by_side([colorize_depth(zi, near, far) for zi in z]),
+                            image_path.with_name(f"{stem}_depth.png")))
+    if npy:
+        written.append(save_depth_npy(z, image_path.with_name(f"{stem}_depth.npy")))
+    return written
