@@ -98,15 +98,6 @@ def test_spz_large_positions_use_fewer_fractional_bits_and_bad_files_fail():
         decode_spz(b"not gzip")
 
 
-def test_spz_cross_check_with_reference_package_when_installed(tmp_path):
-    spz = pytest.importorskip("spz", reason="the reference `spz` package is not installed (optional cross-check)")
-    g = _gaussians(n=200, degree=1)
-    path = tmp_path / "a.spz"
-    path.write_bytes(encode_spz(g))
-    cloud = spz.load_spz(str(path))
-    assert cloud is not None
-
-
 def test_export_cli_prunes_writes_sidecar_and_round_trips(tmp_path, capsys):
     g = _gaussians(n=400, degree=1)
     src = save_ply(g, tmp_path / "in.ply")
