@@ -61,8 +61,10 @@ class _ArraysOnly(pickle.Unpickler):
         if (module, name) not in self._ALLOWED:
             raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name} (only NumPy arrays are allowed)")
         if name == "_reconstruct":
-            from numpy.core.multiarray import _reconstruct  # noqa: PLC0415
-
+            try:
+                from numpy._core.multiarray import _reconstruct  # noqa: PLC0415  (NumPy >= 2)
+            except ImportError:
+                from numpy.core.multiarray import _reconstruct  # noqa: PLC0415
             return _reconstruct
         return getattr(np, name)
 
