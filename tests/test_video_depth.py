@@ -60,6 +60,21 @@ def test_side_by_side_frames_and_orbit_video(tmp_path):
     assert count_video_frames(path) == 4
 
 
+def test_item_orbit_video_puts_coarse_and_gd_side_by_side(tmp_path):
+    from gdensify.io.video import item_orbit_video
+
+    save_ply(trefoil_gaussians(200, seed=1), tmp_path / "coarse.ply")
+    save_ply(trefoil_gaussians(400, seed=2), tmp_path / "fine.ply")
+    path = item_orbit_video(tmp_path, tmp_path / "orbit.gif", n_frames=3, size=20, backend="reference", progress=False)
+    assert count_video_frames(path) == 3
+    from PIL import Image
+
+    with Image.open(path) as im:
+        assert im.size == (2 * 20 + 4, 20)
+    with pytest.raises(FileNotFoundError, match="fine.ply"):
+        item_orbit_video(tmp_path / "missing")
+
+
 def test_expected_depth_png16_and_preview(tmp_path):
     g = trefoil_gaussians(500)
     r = rasterize(g, orbit_cameras(1, 32, 32), backend="reference")
@@ -104,3 +119,12 @@ def test_render_cli_video_and_depth(tmp_path):
     assert np.load(tmp_path / "r_depth.npy").shape == (2, 16, 16)
     assert main(["render", str(ply), "--video", str(tmp_path / "i.gif"), "--path", "interpolate", "--frames", "3",
                  "--size", "16", "--backend", "reference", "--no-progress"]) == 2  # needs --cameras
+
+
+def test_frame_generators_do_not_leak_no_grad():
+    from gdensify.io.video import render_frames
+
+    frames = render_frames(trefoil_gaussians(100), orbit_cameras(3, 8, 8), backend="reference", progress=False)
+    next(frames)
+    assert torch.is_grad_enabled()
+    frames.close()

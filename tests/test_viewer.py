@@ -79,3 +79,20 @@ def test_viewer_page_in_headless_chromium(tmp_path):
         viewer.stop()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", viewer.port), timeout=2).close()
+
+
+def test_view_command_serves_and_stops_and_names_the_extra(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from gdensify.cli import main
+    from gdensify.io import save_ply
+
+    ply = save_ply(trefoil_gaussians(200), tmp_path / "fine.ply")
+    monkeypatch.setitem(sys.modules, "viser", None)  # as if the extra were not installed
+    assert main(["view", str(ply), "--port", str(_free_port()), "--duration", "0.1"]) == 2
+    assert "gdensify[viewer]" in capsys.readouterr().err
+    monkeypatch.delitem(sys.modules, "viser")
+    pytest.importorskip("viser", reason="the viewer needs the `viewer` extra (viser)")
+    assert main(["view", str(ply), str(ply), "--port", str(_free_port()), "--duration", "0.3"]) == 0
+    assert "0: fine.ply" in capsys.readouterr().out
+    assert main(["view", str(ply), "--labels", "a", "b", "--duration", "0"]) == 2

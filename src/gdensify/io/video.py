@@ -23,7 +23,8 @@ from ..gaussians import Gaussians
 from .atomic import atomic_path
 
 __all__ = ["ffmpeg_status", "write_video", "count_video_frames", "render_frames", "side_by_side_frames",
-           "orbit_around", "path_cameras", "load_cameras_file", "render_orbit_video", "render_video_command",
+           "orbit_around", "path_cameras", "load_cameras_file", "render_orbit_video", "item_orbit_video",
+           "render_video_command",
            "PATHS"]
 
 PATHS = ("orbit", "interpolate", "spiral")
@@ -146,9 +147,10 @@ def render_frames(gaussians: Gaussians, cameras: Cameras, background: Sequence[f
 
     bg = torch.tensor([float(c) for c in background], dtype=gaussians.dtype, device=gaussians.device)
     cams = cameras.to(gaussians.device)
-    with torch.no_grad():
-        for i in tqdm(range(len(cams)), desc=desc, unit="frame", disable=not progress, file=sys.stderr):
-            yield _to_uint8(rasterize(gaussians, cams[i], background=bg, backend=backend).image[0])
+    for i in tqdm(range(len(cams)), desc=desc, unit="frame", disable=not progress, file=sys.stderr):
+        with torch.no_grad():  # not around the yield: grad mode would leak into the consumer
+            frame = _to_uint8(rasterize(gaussians, cams[i], background=bg, backend=backend).image[0])
+        yield frame
 
 
 def _label(frame: np.ndarray, text: str) -> np.ndarray:
@@ -271,6 +273,25 @@ def render_orbit_video(gaussians_list: Sequence[Gaussians], labels: Sequence[str
     return write_video(frames, out, fps, overwrite=overwrite)
 
 
+def item_orbit_video(item_dir: str | os.PathLike, out: str | os.PathLike | None = None, n_frames: int = 120,
+                     size: int = 256, fps: float = 30.0, up: Sequence[float] = (0.0, 0.0, 1.0), backend: str = "auto",
+                     progress: bool = True, overwrite: bool = False) -> Path:
+    """The coarse | GD orbit video of one reconstructed item: `item_dir/coarse.ply` and `item_dir/fine.ply` (as
+    `reconstruct` writes them) side by side, orbiting the fine set; written to `out` (default `item_dir/orbit.mp4`).
+    Returns the path written."""
+    from .ply import load_ply  # noqa: PLC0415
+
+    item_dir = Path(item_dir)
+    names = [name for name in ("coarse", "fine") if (item_dir / f"{name}.ply").is_file()]
+    if "fine" not in names:
+        raise FileNotFoundError(f"{item_dir}: no fine.ply (run reconstruct first)")
+    sets = [load_ply(item_dir / f"{name}.ply") for name in names]
+    labels = ["coarse" if name == "coarse" else "GD" for name in names]
+    cameras = orbit_around(sets[-1], n_frames, size, size, up=up)
+    return render_orbit_video(sets, labels, cameras, out if out is not None else item_dir / "orbit.mp4", fps,
+                              backend=backend, progress=progress, overwrite=overwrite)
+
+
 def render_video_command(ply: str | os.PathLike, out: str | os.PathLike, path: str = "orbit", frames: int = 120,
                          fps: float = 30.0, size: int = 256, cameras: str | os.PathLike | None = None,
                          elevation_deg: float = 20.0, up: Sequence[float] = (0.0, 0.0, 1.0),
@@ -292,17 +313,19 @@ def render_video_command(ply: str | os.PathLike, out: str | os.PathLike, path: s
     written = [render_orbit_video([gaussians], None, cams, out, fps, backend=backend, progress=progress,
                                   overwrite=overwrite)]
     if depth:
-        first = rasterize(gaussians, cams[0], background=torch.ones(3), backend=backend)
+        with torch.no_grad():
+            first = rasterize(gaussians, cams[0], background=torch.ones(3), backend=backend)
         z0 = expected_depth(first.depth, first.alpha)[0]
         valid = z0[torch.isfinite(z0)]
         near, far = (float(torch.quantile(valid.double(), 0.02)), float(torch.quantile(valid.double(), 0.98))) \
             if len(valid) else (None, None)
 
         def depth_frames() -> Iterator[np.ndarray]:
-            with torch.no_grad():
-                for i in range(len(cams)):
+            for i in range(len(cams)):
+                with torch.no_grad():
                     r = rasterize(gaussians, cams[i], background=torch.ones(3), backend=backend)
-                    yield _to_uint8(colorize_depth(expected_depth(r.depth, r.alpha)[0], near, far))
+                    frame = _to_uint8(colorize_depth(expected_depth(r.depth, r.alpha)[0], near, far))
+                yield frame
 
         target = Path(out).with_name(Path(out).stem + "_depth" + Path(out).suffix)
         written.append(write_video(depth_frames(), target, fps, overwrite=overwrite))
