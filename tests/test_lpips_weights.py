@@ -104,3 +104,16 @@ def test_download_refuses_wrong_sdist_and_reports_offline(tmp_path, monkeypatch,
     err = capsys.readouterr().err
     assert "offline?" in err and "--sdist" in err
     assert not (tmp_path / "c" / "lpips_vgg.safetensors").exists()
+
+
+def test_report_table_shows_lpips_or_says_how_to_get_it():
+    from gdensify.evaluation.evaluate import format_table
+
+    row = {"name": "a", "psnr_fine": 20.0, "psnr_coarse": 19.0, "ssim_fine": 0.8, "ssim_coarse": 0.7,
+           "lpips_fine": 0.2, "lpips_coarse": 0.25, "psnr_background": 10.0, "n_coarse": 10, "n_fine": 12}
+    table = format_table([row], dict(row, lpips_status="available: x"))
+    assert "| LPIPS fine | LPIPS coarse |" in table and "0.2000 | 0.2500" in table
+    assert "download lpips" not in table
+    missing = dict(row, lpips_fine=None, lpips_coarse=None)
+    table = format_table([missing], dict(missing, lpips_status="unavailable: nothing found"))
+    assert "| — | — |" in table and "gdensify download lpips" in table

@@ -128,3 +128,25 @@ def test_frame_generators_do_not_leak_no_grad():
     next(frames)
     assert torch.is_grad_enabled()
     frames.close()
+
+
+def test_cameras_files_and_cli_paths_through_them(tmp_path):
+    from gdensify.assets import sample_data
+    from gdensify.io.video import load_cameras_file, save_cameras_file
+
+    cams = orbit_cameras(5, 40, 30)
+    path = save_cameras_file(cams, tmp_path / "cameras.json")
+    back = load_cameras_file(path)
+    assert torch.allclose(back.world_to_camera, cams.world_to_camera, atol=1e-6) and (back.width, back.height) == (40, 30)
+    blender = load_cameras_file(sample_data("object") / "obj_00000" / "transforms_train.json")
+    assert len(blender) == 32 and blender.width == 128
+    (tmp_path / "bad.json").write_text('{"width": 4}')
+    with pytest.raises(ValueError, match="height"):
+        load_cameras_file(tmp_path / "bad.json")
+
+    ply = save_ply(trefoil_gaussians(300), tmp_path / "t.ply")
+    for kind in ("interpolate", "spiral"):
+        out = tmp_path / f"{kind}.gif"
+        assert main(["render", str(ply), "--video", str(out), "--path", kind, "--cameras", str(path), "--frames", "4",
+                     "--size", "16", "--backend", "reference", "--no-progress"]) == 0
+        assert count_video_frames(out) == 4

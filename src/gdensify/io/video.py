@@ -23,7 +23,7 @@ from ..gaussians import Gaussians
 from .atomic import atomic_path
 
 __all__ = ["ffmpeg_status", "write_video", "count_video_frames", "render_frames", "side_by_side_frames",
-           "orbit_around", "path_cameras", "load_cameras_file", "render_orbit_video", "item_orbit_video",
+           "orbit_around", "path_cameras", "load_cameras_file", "save_cameras_file", "render_orbit_video", "item_orbit_video",
            "render_video_command",
            "PATHS"]
 
@@ -230,6 +230,20 @@ def load_cameras_file(path: str | os.PathLike) -> Cameras:
                        float(data.get("far", 1e10)))
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from err
+
+
+def save_cameras_file(cameras: Cameras, path: str | os.PathLike) -> Path:
+    """Write `cameras` as a gdensify cameras JSON (the layout `load_cameras_file` reads), atomically."""
+    import json  # noqa: PLC0415
+
+    path = Path(path)
+    data = {"convention": "OpenCV axes (x right, y down, z forward), world-to-camera, intrinsics in pixels",
+            "width": cameras.width, "height": cameras.height, "near": cameras.near, "far": cameras.far,
+            "world_to_camera": cameras.world_to_camera.detach().cpu().double().tolist(),
+            "intrinsics": cameras.intrinsics.detach().cpu().double().tolist()}
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data) + "\n")
+    return path
 
 
 def path_cameras(kind: str, gaussians: Gaussians, n_frames: int, width: int, height: int,
