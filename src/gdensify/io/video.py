@@ -322,6 +322,10 @@ def render_video_command(ply: str | os.PathLike, out: str | os.PathLike, path: s
         raise ValueError(f"--frames must be >= 2, got {frames}")
     if size < 8:
         raise ValueError(f"--size must be >= 8, got {size}")
+    depth_out = Path(out).with_name(Path(out).stem + "_depth" + Path(out).suffix)
+    for target in [Path(out)] + ([depth_out] if depth else []):
+        if target.exists() and not overwrite:
+            raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
     gaussians = load_ply(ply)
     cams = path_cameras(path, gaussians, frames, size, size, cameras, math.radians(elevation_deg), up, distance)
     written = [render_orbit_video([gaussians], None, cams, out, fps, backend=backend, progress=progress,
@@ -341,6 +345,5 @@ def render_video_command(ply: str | os.PathLike, out: str | os.PathLike, path: s
                     frame = _to_uint8(colorize_depth(expected_depth(r.depth, r.alpha)[0], near, far))
                 yield frame
 
-        target = Path(out).with_name(Path(out).stem + "_depth" + Path(out).suffix)
-        written.append(write_video(depth_frames(), target, fps, overwrite=overwrite))
+        written.append(write_video(depth_frames(), depth_out, fps, overwrite=overwrite))
     return written

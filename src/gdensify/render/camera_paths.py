@@ -14,6 +14,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..cameras import Cameras, look_at
+from ..gaussians import quat_to_rotmat
 
 __all__ = ["orbit", "interpolate", "spiral", "quat_slerp", "rotmat_to_quat", "catmull_rom"]
 
@@ -80,12 +81,6 @@ def rotmat_to_quat(r: Float[Tensor, "*batch 3 3"]) -> Float[Tensor, "*batch 4"]:
     return q.to(r.dtype)
 
 
-def _quat_to_rotmat(q: Tensor) -> Tensor:
-    from ..gaussians import quat_to_rotmat
-
-    return quat_to_rotmat(q)
-
-
 def quat_slerp(q0: Float[Tensor, "*batch 4"], q1: Float[Tensor, "*batch 4"],
                t: Float[Tensor, "*batch"]) -> Float[Tensor, "*batch 4"]:
     """Spherical linear interpolation of unit quaternions along the shorter arc (t = 0 → q0, t = 1 → q1)."""
@@ -142,7 +137,7 @@ def interpolate(keys: Cameras, n_frames: int, closed: bool = False) -> Cameras:
     seg = torch.clamp(torch.floor(t).long(), 0, (k if closed else k - 1) - 1)
     frac = t - seg
     quats = rotmat_to_quat(c2w[:, :3, :3])
-    rot = _quat_to_rotmat(quat_slerp(quats[seg], quats[(seg + 1) % k], frac))
+    rot = quat_to_rotmat(quat_slerp(quats[seg], quats[(seg + 1) % k], frac))
     intr = keys.intrinsics.double().cpu()
     intrinsics = (1 - frac)[:, None, None] * intr[seg] + frac[:, None, None] * intr[(seg + 1) % k]
     out = torch.eye(4, dtype=torch.float64).repeat(n_frames, 1, 1)
