@@ -115,3 +115,16 @@ def test_export_cli_prunes_writes_sidecar_and_round_trips(tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
     assert main(["export", str(src), str(tmp_path / "out.splat"), "--overwrite"]) == 0
     assert main(["export", str(src), str(tmp_path / "out.xyz")]) == 2
+
+
+def test_compressed_ply_needs_gsplat_or_writes_its_layout(tmp_path, capsys):
+    import importlib.util
+
+    src = save_ply(_gaussians(n=300, degree=1), tmp_path / "in.ply")
+    out = tmp_path / "c.ply"
+    code = main(["export", str(src), str(out), "--compressed"])
+    if importlib.util.find_spec("gsplat") is None:
+        assert code == 2 and "gdensify[gpu]" in capsys.readouterr().err and not out.exists()
+    else:
+        assert code == 0 and b"element chunk" in out.read_bytes()[:2000]
+    assert main(["export", str(src), str(tmp_path / "c.splat"), "--compressed"]) == 2
