@@ -1,5 +1,8 @@
 # Two commands do everything on a fresh clone: `make demo` and `make test`.
+# Optional features: `make install EXTRAS=all` (or e.g. EXTRAS=video,viewer) installs `.[dev,EXTRAS]`.
 PYTHON ?= python3
+EXTRAS ?=
+comma  := ,
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -15,6 +18,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+ifneq ($(strip $(EXTRAS)),)
+	$(BIN)/pip install -q -e '.[dev$(comma)$(EXTRAS)]'
+endif
 
 demo: $(STAMP)
 	$(BIN)/gdensify demo

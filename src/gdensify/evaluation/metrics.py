@@ -17,7 +17,8 @@ image, shape (...). They are differentiable (usable in losses).
        `<torch.hub.get_dir()>/checkpoints/vgg16-397923af.pth` if torchvision ever downloaded it;
     2. `$GDENSIFY_LPIPS_WEIGHTS`: the linear layers, or one file holding everything; else the `lpips` package's own
        `weights/v0.1/vgg.pth` (linear layers only) when `lpips` is installed.
-  So one file in `$GDENSIFY_LPIPS_WEIGHTS` with all keys suffices.
+  So one file in `$GDENSIFY_LPIPS_WEIGHTS` with all keys suffices. Before both, the user cache's
+  `lpips_vgg.safetensors` written by `gdensify download lpips` (`evaluation.lpips_weights`; all keys) is read.
   Key layout (a `.safetensors` file or a torch `.pth`/`.pt` state dict; keys of both files may be merged):
     * `features.{i}.weight` / `features.{i}.bias` for the 13 convolutions of torchvision's VGG16 `features`,
       i ∈ {0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28} (a full torchvision `vgg16` state dict works; its
@@ -202,9 +203,12 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
 def lpips_weight_paths() -> list[Path]:
     """The files `load_lpips_vgg()` would read now, in merge order (later files' keys win).
 
-    Backbone candidates first ($GDENSIFY_VGG16_WEIGHTS, else torch hub's cached torchvision vgg16 file), then the
+    The user cache's `lpips_vgg.safetensors` (`gdensify download lpips`) first, then backbone candidates ($GDENSIFY_VGG16_WEIGHTS, else torch hub's cached torchvision vgg16 file), then the
     LPIPS file ($GDENSIFY_LPIPS_WEIGHTS, else the `lpips` package's weights/v0.1/vgg.pth)."""
-    paths: list[Path] = []
+    from .lpips_weights import cached_lpips_path  # noqa: PLC0415
+
+    cached = cached_lpips_path()  # `gdensify download lpips`: everything, read first so that any other file wins
+    paths: list[Path] = [cached] if cached.is_file() else []
     if os.environ.get(VGG16_ENV):
         paths.append(Path(os.environ[VGG16_ENV]).expanduser())
     else:
