@@ -59,7 +59,7 @@ class Capture:
     cameras: V pinhole cameras (float64), OpenCV, native image size, dataset units.
     frames: V `CaptureFrame`s (names, image and mask paths, lens distortion), in the capture's order.
     format: the reader that produced it ("nerfstudio", "colmap", "llff", "neus", "blender").
-    root: the folder (or file) it was read from.
+    root: the folder (or the transforms.json) it was read from.
     points: (N, 3) float64 sparse points in world units (COLMAP's points3D), or None.
     bounds: (V, 2) float64 per-frame near/far depths in world units (LLFF's bounds), or None.
     splits: split name → frame indices, for layouts with splits (Blender's transforms_{train,test}.json).
@@ -101,6 +101,11 @@ class Capture:
 
     def __len__(self) -> int:
         return len(self.frames)
+
+    @property
+    def name(self) -> str:
+        """The capture's name: its folder's name (the JSON file's folder for a transforms.json)."""
+        return self.root.parent.name if self.root.suffix.lower() == ".json" else self.root.name
 
     @property
     def names(self) -> list[str]:

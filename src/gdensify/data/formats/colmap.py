@@ -315,4 +315,5 @@ def read_colmap(folder: str | os.PathLike) -> Capture:
         for f, m in zip(frames, match_masks(masks, [f.name for f in frames], source)):
             f.mask_path = m
     cameras = Cameras(torch.from_numpy(np.stack(w2cs)), torch.from_numpy(np.stack(ks)), size[0], size[1])
-    return Capture(cameras, frames, "colmap", model, None if points is None else torch.from_numpy(points))
+    return Capture(cameras, frames, "colmap", folder, None if points is None else torch.from_numpy(points),
+                   extras={"model": str(model)})

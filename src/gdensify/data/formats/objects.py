@@ -260,7 +260,7 @@ def capture_to_object_example(
                 scale, scale_source = OBJECT_RADIUS / r_mask, "the input masks (object larger than the volume)"
         norm = SceneNormalization(tuple(float(x) for x in c), scale)
     t_images, _, t_cams = _prepare(capture, target_idx, target_size, square, bg)
-    name = capture.root.parent.name if capture.root.is_file() else capture.root.name
+    name = capture.name
     example = ViewExample(in_images.float(), norm.apply(in_cams).to(torch.float32), t_images.float(),
                           norm.apply(t_cams).to(torch.float32), bg.expand(len(target_idx), 3).clone(), name,
                           bg.clone())

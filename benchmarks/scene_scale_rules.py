@@ -1,0 +1,108 @@
+"""Which rule recovers a scene's scale robustly? Measured on generated scenes (`gdensify make-data scenes` rooms).
+
+The scene model only works at the scale it was trained at, so `gdensify.data.formats.scenes` rescales a user's
+capture by REFERENCE[rule] / statistic(rule). For each rule this script
+  1. measures REFERENCE: the median statistic over context pairs of generated scenes (seed 0, default
+     `SceneGenConfig`, context gaps drawn uniformly in 10..30 frames as the scene training sampler does);
+  2. measures robustness on other scenes (seed 1): each scene's world is multiplied by a known factor k
+     (0.1, 1, 10) and the rule's estimated scale s is compared with the true 1/k; the error factor is
+     exp(|log(s·k)|) (1 = exact);
+  3. prints a Markdown table (median, 90th percentile and maximum error factor per rule and k).
+Sparse points are simulated as SfM would give them: surface points hit by rays through 64 random pixels of every
+frame; LLFF-style bounds are the 0.1 / 99.9 percentiles of a 32×32 grid of z-depths per frame (LLFF's percentiles).
+
+    python benchmarks/scene_scale_rules.py [--scenes 64] [--pairs 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import numpy as np
+import torch
+
+from gdensify.cameras import Cameras
+from gdensify.data.formats.scenes import SCALE_RULES, scale_statistic
+from gdensify.data.synthetic_scenes import SceneGenConfig, _scene_rng, sample_scene, trace
+
+
+def _scene_data(seed: int, index: int, cfg: SceneGenConfig, rng: np.random.Generator):
+    scene, c2w, normalized = sample_scene(_scene_rng(seed, index), cfg)
+    v = len(c2w)
+    k = np.zeros((v, 3, 3))
+    k[:, 0, 0], k[:, 1, 1] = normalized[:, 0] * cfg.width, normalized[:, 1] * cfg.height
+    k[:, 0, 2], k[:, 1, 2], k[:, 2, 2] = normalized[:, 2] * cfg.width, normalized[:, 3] * cfg.height, 1.0
+    points, bounds = [], []
+    for f in range(v):
+        o = c2w[f, :3, 3]
+        kinv = np.linalg.inv(k[f])
+        for kind, (uu, vv) in (("points", (rng.uniform(0, cfg.width, 64), rng.uniform(0, cfg.height, 64))),
+                               ("bounds", np.meshgrid(np.linspace(0.5, cfg.width - 0.5, 32),
+                                                      np.linspace(0.5, cfg.height - 0.5, 32)))):
+            d_cam = kinv @ np.stack([uu.ravel(), vv.ravel(), np.ones(uu.size)])
+            d_cam /= np.linalg.norm(d_cam, axis=0)
+            d = c2w[f, :3, :3] @ d_cam
+            t = trace(scene, o, d[0].astype(np.float32), d[1].astype(np.float32), d[2].astype(np.float32),
+                      details=False).t.astype(np.float64)
+            if kind == "points":
+                points.append((o[:, None] + d * t).T)
+            else:
+                z = t * d_cam[2]
+                bounds.append([np.percentile(z, 0.1), np.percentile(z, 99.9)])
+    cams = Cameras(torch.from_numpy(np.linalg.inv(c2w)), torch.from_numpy(k), cfg.width, cfg.height)
+    return cams, torch.from_numpy(np.concatenate(points)), torch.tensor(bounds, dtype=torch.float64)
+
+
+def _scaled(cams: Cameras, points: torch.Tensor, bounds: torch.Tensor, k: float):
+    w2c = cams.world_to_camera.clone()
+    w2c[:, :3, 3] *= k
+    return Cameras(w2c, cams.intrinsics, cams.width, cams.height), points * k, bounds * k
+
+
+def _pairs(v: int, count: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+    out = []
+    for _ in range(count):
+        gap = int(rng.integers(10, min(30, v - 1) + 1))
+        i = int(rng.integers(0, v - gap))
+        out.append((i, i + gap))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenes", type=int, default=64)
+    parser.add_argument("--pairs", type=int, default=4, help="context pairs per scene")
+    args = parser.parse_args()
+    cfg = SceneGenConfig()
+    rng = np.random.default_rng(0)
+    ref_stats = {r: [] for r in SCALE_RULES}
+    for i in range(args.scenes):
+        cams, pts, bnd = _scene_data(0, i, cfg, rng)
+        for pair in _pairs(len(cams), args.pairs, rng):
+            for r in SCALE_RULES:
+                ref_stats[r].append(scale_statistic(r, cams, pair, pts, bnd))
+    reference = {r: float(np.median(v)) for r, v in ref_stats.items()}
+    print("REFERENCE (seed 0, %d scenes x %d pairs): %s" % (args.scenes, args.pairs,
+          {r: round(v, 4) for r, v in reference.items()}))
+    print("training baseline / depth ratio: %.4f" % (reference["baseline"] / reference["depth"]))
+    errors = {(r, k): [] for r in SCALE_RULES for k in (0.1, 1.0, 10.0)}
+    for i in range(args.scenes):
+        cams, pts, bnd = _scene_data(1, i, cfg, rng)
+        for pair in _pairs(len(cams), args.pairs, rng):
+            for k in (0.1, 1.0, 10.0):
+                c, p, b = _scaled(cams, pts, bnd, k)
+                for r in SCALE_RULES:
+                    s = reference[r] / scale_statistic(r, c, pair, p, b)
+                    errors[(r, k)].append(math.exp(abs(math.log(s * k))))
+    print()
+    print("| rule | true scale k | pairs | median error factor | 90th percentile | max |")
+    print("|---|---|---|---|---|---|")
+    for r in SCALE_RULES:
+        for k in (0.1, 1.0, 10.0):
+            e = np.array(errors[(r, k)])
+            print(f"| {r} | {k:g} | {len(e)} | {np.median(e):.3f} | {np.percentile(e, 90):.3f} | {e.max():.3f} |")
+
+
+if __name__ == "__main__":
+    main()
