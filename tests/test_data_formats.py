@@ -3,7 +3,6 @@ give back the same cameras, images and object example; bad files must give error
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import struct
@@ -15,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from gdensify.cameras import Cameras, opengl_to_opencv
+from gdensify.cameras import Cameras
 from gdensify.data.formats import (CaptureFormatError, LensDistortion, capture_to_object_example, detect_format,
                                    distort_points, read_capture, square_frame, undistort_image, undistort_points)
 from gdensify.data.formats.scenes import REFERENCE, capture_to_scene_example, scale_statistic
@@ -78,11 +77,22 @@ def write_blender(folder: Path, truth) -> Path:
 
 
 def _rotation_to_quaternion(r: np.ndarray) -> np.ndarray:
-    w = math.sqrt(max(0.0, 1 + r[0, 0] + r[1, 1] + r[2, 2])) / 2
-    x = math.copysign(math.sqrt(max(0.0, 1 + r[0, 0] - r[1, 1] - r[2, 2])) / 2, r[2, 1] - r[1, 2])
-    y = math.copysign(math.sqrt(max(0.0, 1 - r[0, 0] + r[1, 1] - r[2, 2])) / 2, r[0, 2] - r[2, 0])
-    z = math.copysign(math.sqrt(max(0.0, 1 - r[0, 0] - r[1, 1] + r[2, 2])) / 2, r[1, 0] - r[0, 1])
-    return np.array([w, x, y, z])
+    """wxyz quaternion of a rotation matrix (Shepperd's method: divide by the largest component)."""
+    trace = np.trace(r)
+    i = int(np.argmax([trace, r[0, 0], r[1, 1], r[2, 2]]))
+    if i == 0:
+        w = math.sqrt(1 + trace) / 2
+        q = [w, (r[2, 1] - r[1, 2]) / (4 * w), (r[0, 2] - r[2, 0]) / (4 * w), (r[1, 0] - r[0, 1]) / (4 * w)]
+    elif i == 1:
+        x = math.sqrt(1 + r[0, 0] - r[1, 1] - r[2, 2]) / 2
+        q = [(r[2, 1] - r[1, 2]) / (4 * x), x, (r[0, 1] + r[1, 0]) / (4 * x), (r[0, 2] + r[2, 0]) / (4 * x)]
+    elif i == 2:
+        y = math.sqrt(1 - r[0, 0] + r[1, 1] - r[2, 2]) / 2
+        q = [(r[0, 2] - r[2, 0]) / (4 * y), (r[0, 1] + r[1, 0]) / (4 * y), y, (r[1, 2] + r[2, 1]) / (4 * y)]
+    else:
+        z = math.sqrt(1 - r[0, 0] - r[1, 1] + r[2, 2]) / 2
+        q = [(r[1, 0] - r[0, 1]) / (4 * z), (r[0, 2] + r[2, 0]) / (4 * z), (r[1, 2] + r[2, 1]) / (4 * z), z]
+    return np.array(q)
 
 
 def write_colmap(folder: Path, truth, binary: bool, points: np.ndarray | None = None) -> Path:
@@ -502,7 +512,8 @@ def scene_capture(tmp_path_factory):
     folder = tmp_path_factory.mktemp("scene")
     model = folder / "sparse" / "0"
     model.mkdir(parents=True)
-    (model / "cameras.txt").write_text("1 PINHOLE 32 24 " + " ".join(repr(float(x)) for x in (k[0, 0], k[1, 1], k[0, 2], k[1, 2])) + "\n")
+    params = " ".join(repr(float(x)) for x in (k[0, 0], k[1, 1], k[0, 2], k[1, 2]))
+    (model / "cameras.txt").write_text(f"1 PINHOLE 32 24 {params}\n")
     lines = []
     for i, m in enumerate(c2w):
         w2c = np.linalg.inv(m)

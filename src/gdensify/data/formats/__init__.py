@@ -16,10 +16,12 @@ from .llff import read_llff
 from .nerfstudio import read_nerfstudio
 from .neus import decompose_projection, read_neus
 from .objects import ObjectCaptureExample, capture_to_object_example, estimate_object_center, square_frame
+from .scenes import REFERENCE, SceneCaptureExample, capture_to_scene_example, estimate_scene_scale, scale_statistic
 
 __all__ = [
     "Capture", "CaptureFrame", "CaptureFormatError", "FORMATS", "detect_format", "read_capture",
     "read_blender_capture", "read_nerfstudio", "read_colmap", "read_llff", "read_neus", "decompose_projection",
     "LensDistortion", "distort_points", "undistort_points", "undistort_image",
     "ObjectCaptureExample", "capture_to_object_example", "estimate_object_center", "square_frame",
+    "SceneCaptureExample", "capture_to_scene_example", "estimate_scene_scale", "scale_statistic", "REFERENCE",
 ]

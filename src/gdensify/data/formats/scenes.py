@@ -34,7 +34,6 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float
 from torch import Tensor
 
 from ...cameras import Cameras
