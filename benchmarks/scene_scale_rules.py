@@ -7,24 +7,32 @@ capture by REFERENCE[rule] / statistic(rule). For each rule this script
   2. measures robustness on other scenes (seed 1): each scene's world is multiplied by a known factor k
      (0.1, 1, 10) and the rule's estimated scale s is compared with the true 1/k; the error factor is
      exp(|log(s·k)|) (1 = exact);
-  3. prints a Markdown table (median, 90th percentile and maximum error factor per rule and k).
+  3. prints a Markdown table (median, 90th percentile and maximum error factor per rule and k);
+  4. with --model CHECKPOINT: the scene model's PSNR on a few seed-1 scenes rendered at 64² and written 0.25×,
+     1× and 4× too large, read as they are (scale 1) and rescaled automatically (`capture_to_scene_example`,
+     depth rule, automatic context pair and targets).
 Sparse points are simulated as SfM would give them: surface points hit by rays through 64 random pixels of every
 frame; LLFF-style bounds are the 0.1 / 99.9 percentiles of a 32×32 grid of z-depths per frame (LLFF's percentiles).
 
-    python benchmarks/scene_scale_rules.py [--scenes 64] [--pairs 4]
+    python benchmarks/scene_scale_rules.py [--scenes 64] [--pairs 4] [--model src/gdensify/assets/scene_tiny.safetensors]
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from gdensify.cameras import Cameras
+from PIL import Image
+
+from gdensify.data.formats import Capture, CaptureFrame, capture_to_scene_example
 from gdensify.data.formats.scenes import SCALE_RULES, scale_statistic
-from gdensify.data.synthetic_scenes import SceneGenConfig, _scene_rng, sample_scene, trace
+from gdensify.data.synthetic_scenes import SceneGenConfig, _scene_rng, render_views, sample_scene, trace
 
 
 def _scene_data(seed: int, index: int, cfg: SceneGenConfig, rng: np.random.Generator):
@@ -73,6 +81,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenes", type=int, default=64)
     parser.add_argument("--pairs", type=int, default=4, help="context pairs per scene")
+    parser.add_argument("--model", default=None, help="a scene checkpoint: also measure the model's PSNR")
+    parser.add_argument("--model-scenes", type=int, default=4)
     args = parser.parse_args()
     cfg = SceneGenConfig()
     rng = np.random.default_rng(0)
@@ -102,6 +112,47 @@ def main() -> None:
         for k in (0.1, 1.0, 10.0):
             e = np.array(errors[(r, k)])
             print(f"| {r} | {k:g} | {len(e)} | {np.median(e):.3f} | {np.percentile(e, 90):.3f} | {e.max():.3f} |")
+    if args.model:
+        model_check(args.model, args.model_scenes)
+
+
+def model_check(checkpoint: str, count: int) -> None:
+    from gdensify.evaluation.evaluate import evaluate_example
+    from gdensify.models.loading import load_model
+
+    model, _ = load_model(checkpoint, "scene")
+    cfg = SceneGenConfig(width=64, height=64)
+    rng = np.random.default_rng(2)
+    scales = (0.25, 1.0, 4.0)
+    psnr = {(k, how): [] for k in scales for how in ("as written", "rescaled")}
+    chosen = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(count):
+            cams, pts, _ = _scene_data(1, i, cfg, rng)
+            c2w = cams.camera_to_world.numpy()
+            images, _, _ = render_views(sample_scene(_scene_rng(1, i), cfg)[0], c2w, cams.intrinsics.numpy(), 64, 64)
+            frames = []
+            for f, im in enumerate(images):
+                path = Path(tmp) / f"s{i}_{f:03d}.png"
+                Image.fromarray(np.round(im * 255).astype(np.uint8)).save(path)
+                frames.append(CaptureFrame(path.name, path))
+            for k in scales:
+                c, p, _ = _scaled(cams, pts, torch.zeros(len(cams), 2), k)
+                cap = Capture(c, frames, "colmap", Path(tmp) / f"scene{i}", p)
+                for how, scale in (("as written", 1.0), ("rescaled", None)):
+                    ex = capture_to_scene_example(cap, image_size=64, scene_scale=scale)
+                    chosen[(i, k, how)] = ex.scale * k
+                    row = evaluate_example(model, ex.example, None, torch.Generator().manual_seed(0)).row
+                    psnr[(k, how)].append(row["psnr_fine"])
+    print()
+    print(f"scene model {checkpoint}: PSNR (fine) over {count} scenes at 64², automatic context and targets")
+    print()
+    print("| written at k × true scale | read as written | rescaled (depth rule) | rescaled / true scale (median) |")
+    print("|---|---|---|---|")
+    for k in scales:
+        ratio = np.median([chosen[(i, k, "rescaled")] for i in range(count)])
+        print(f"| {k:g} | {np.mean(psnr[(k, 'as written')]):.2f} dB | {np.mean(psnr[(k, 'rescaled')]):.2f} dB | "
+              f"{ratio:.3f} |")
 
 
 if __name__ == "__main__":

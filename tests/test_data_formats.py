@@ -236,6 +236,7 @@ def test_object_example_overrides_and_inputs(tmp_path, truth):
     assert ex.center == (0.1, 0.0, 0.0) and abs(ex.radius - 1.0) < 1e-12
     assert abs(ex.normalization.scale - 0.5) < 1e-12  # radius 1 → the model's ball of radius 0.5
     assert "--center" in ex.summary() and "--radius" in ex.summary()
+    assert capture_to_object_example(cap, inputs=[3, 7], max_targets=3, input_size=16).target_indices == [0, 5, 9]
     with pytest.raises(CaptureFormatError, match="out of range|frame indices"):
         capture_to_object_example(cap, inputs=[0, 99])
     with pytest.raises(CaptureFormatError, match="cannot choose 40 input views out of 10"):

@@ -19,7 +19,7 @@ Views
     Inputs: `inputs=` (frame indices) or `n_inputs` views chosen by farthest-point sampling on viewing directions
     from the centre, starting at the first frame (the protocol's rule; restricted to the "train" split when the
     capture has one). Targets: `targets=` or the "test" split when there is one, else every other frame (the inputs
-    themselves when nothing else is left).
+    themselves when nothing else is left); `max_targets` keeps that many, evenly spaced in frame order.
     Non-square frames are centre-cropped (`square="crop"`, default) or padded with background and mask 0
     (`square="pad"`, for objects that reach the long sides) to a square, never squashed; then resized to
     `input_size` (inputs) and `target_size` (targets, default `input_size`) with a box / antialiased filter,
@@ -212,7 +212,7 @@ def capture_to_object_example(
     capture: Capture, inputs: Sequence[int] | None = None, n_inputs: int = 4, input_size: int = 128,
     target_size: int | None = None, targets: Sequence[int] | None = None,
     background: Sequence[float] = (1.0, 1.0, 1.0), center: Sequence[float] | None = None,
-    radius: float | None = None, square: str = "crop",
+    radius: float | None = None, square: str = "crop", max_targets: int | None = None,
 ) -> ObjectCaptureExample:
     """The object model's example from a capture (see the module doc for every rule)."""
     if square not in ("crop", "pad"):
@@ -236,7 +236,7 @@ def capture_to_object_example(
         origins, axes = _optical_axes(cams)
         look_at = closest_point_to_axes(origins, axes) if center is None else torch.tensor(
             [float(c) for c in center], dtype=torch.float64)
-        dirs = view_directions(cams[pool] if len(pool) > 1 else cams[pool[0]], look_at)
+        dirs = view_directions(cams[pool], look_at)
         input_idx = [pool[i] for i in farthest_view_sampling(dirs, n_inputs)]
     if targets is not None:
         target_idx = _check(capture, targets, "targets")
@@ -244,6 +244,9 @@ def capture_to_object_example(
         target_idx = list(capture.splits["test"])
     else:
         target_idx = [i for i in range(len(capture)) if i not in input_idx] or list(input_idx)
+    if max_targets is not None and len(target_idx) > max_targets >= 1:
+        target_idx = [target_idx[round(q * (len(target_idx) - 1) / max(1, max_targets - 1))]
+                      for q in range(max_targets)] if max_targets > 1 else [target_idx[len(target_idx) // 2]]
     in_images, in_masks, in_cams = _prepare(capture, input_idx, input_size, square, bg)
     if center is not None:
         c, center_source = torch.tensor([float(x) for x in center], dtype=torch.float64), "--center"

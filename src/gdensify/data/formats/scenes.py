@@ -10,12 +10,16 @@ scenes` rooms in metres, and its depth predictions only work at that scale. The 
   * "bounds": `REFERENCE["bounds"]` / the mean over the two context views of sqrt(near·far) (LLFF's bounds);
   * "baseline": `REFERENCE["baseline"]` / the distance between the two context cameras.
 `REFERENCE` holds the same statistics measured on generated training scenes by `benchmarks/scene_scale_rules.py`,
-which also measures how far each rule lands from the true scale across scenes (the depth rule is the most robust;
-the baseline rule depends on how far apart the user's context views are, so it is the last resort).
+which also measures, on other generated scenes written at 0.1×, 1× and 10× their true scale, how far each rule's
+scale lands from the truth (error factor, median / 90th percentile over 256 context pairs): depth 1.13 / 1.34,
+bounds 1.11 / 1.28, baseline 1.38 / 2.08 (the same at every written scale: the rules are scale-equivariant). Depth
+and bounds carry the same information (LLFF computes its bounds from the sparse points) and are equally robust;
+the baseline depends on how far apart the user's context views are, so it is the last resort.
 
 Context and targets. `context=(i, j)` or automatic: among pairs whose optical axes differ by < 45°, the one whose
-baseline / depth ratio (after scaling: baseline / `REFERENCE["depth"]`) is closest to the training pairs' median
-`REFERENCE["baseline"] / REFERENCE["depth"]`, preferring pairs with frames between them; without any depth
+ratio of baseline to the scene's depth (median point depth over all views, or of the bounds) is closest to the
+training pairs' median `REFERENCE["baseline"] / REFERENCE["depth"]` (0.195), preferring pairs with frames between
+them; without any depth
 information, frames in capture order with a gap of min(V − 1, 30) (the synthetic evaluation gap) centred in the
 capture. Targets: `targets=` or up to `n_targets` frames whose camera centre lies between the context cameras (its
 projection on the segment at 10–90 % of the way, within half a baseline of it), evenly spread; else the frames
@@ -164,21 +168,21 @@ def _auto_context(capture: Capture) -> tuple[int, int]:
     want = REFERENCE["baseline"] / REFERENCE["depth"]
     c = capture.cameras.centers.double()
     axes = F.normalize(capture.cameras.camera_to_world.double()[:, :3, 2], dim=-1)
-    best, best_key = None, None
-    for i in range(v):
-        for j in range(i + 1, v):
-            if float(torch.arccos((axes[i] @ axes[j]).clamp(-1, 1))) >= _MAX_AXIS_ANGLE:
-                continue
-            ratio = float((c[i] - c[j]).norm()) / depth
-            if ratio <= 0:
-                continue
-            key = (not _between(capture, i, j), abs(math.log(ratio / want)))
-            if best_key is None or key < best_key:
-                best, best_key = (i, j), key
-    if best is None:
+    angle = torch.arccos((axes @ axes.T).clamp(-1, 1))
+    ratio = torch.cdist(c, c) / depth
+    upper = torch.triu(torch.ones(v, v, dtype=torch.bool), diagonal=1)
+    ok = upper & (angle < _MAX_AXIS_ANGLE) & (ratio > 0)
+    if not bool(ok.any()):
         raise CaptureFormatError(f"{capture.root}: no two frames look the same way (optical axes within 45°); "
                                  f"pass context=(i, j)")
-    return best
+    score = torch.where(ok, (ratio / want).log().abs(), torch.full_like(ratio, math.inf))
+    order = torch.argsort(score.flatten())[: int(ok.sum())]
+    for flat in order[:50].tolist():  # the best-scoring pair with frames between its cameras
+        i, j = divmod(flat, v)
+        if _between(capture, i, j):
+            return i, j
+    i, j = divmod(int(order[0]), v)
+    return i, j
 
 
 def _auto_targets(capture: Capture, i: int, j: int, n: int) -> list[int]:
