@@ -287,6 +287,23 @@ def test_square_frame_crops_and_pads_without_squashing():
             assert mask[0, 0, 0] == 0 and mask[25, 25, 0] == 1
 
 
+def test_wide_frames_are_centre_cropped_not_squashed(tmp_path, truth):
+    """The same views on 8-pixel transparent side bands (56×40, principal point moved): the cropped example is the
+    square capture's example."""
+    square = capture_to_object_example(read_capture(write_nerfstudio(tmp_path / "sq", truth)), input_size=20)
+    folder = write_nerfstudio(tmp_path / "wide", truth)
+    meta = json.loads((folder / "transforms.json").read_text())
+    meta.update(w=SIZE + 16, cx=meta["cx"] + 8)
+    (folder / "transforms.json").write_text(json.dumps(meta))
+    for name, rgba in zip(_names(), truth["rgba8"]):
+        _png(folder / "images" / name, np.pad(rgba, ((0, 0), (8, 8), (0, 0))))
+    wide = capture_to_object_example(read_capture(folder), input_size=20)
+    assert wide.input_indices == square.input_indices
+    assert (wide.example.input_images - square.example.input_images).abs().max() < 1e-6
+    assert (wide.example.input_cameras.intrinsics - square.example.input_cameras.intrinsics).abs().max() < 1e-5
+    assert (wide.example.target_images - square.example.target_images).abs().max() < 1e-6
+
+
 # ====================================================================================== lens distortion
 @pytest.mark.parametrize("d", [LensDistortion("opencv", k1=-0.2, k2=0.05, k3=0.01, p1=0.003, p2=-0.002),
                                LensDistortion("fisheye", k1=0.05, k2=-0.01, k3=0.002, k4=-0.001)])
