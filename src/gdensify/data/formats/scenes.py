@@ -14,7 +14,9 @@ which also measures, on other generated scenes written at 0.1×, 1× and 10× th
 scale lands from the truth (error factor, median / 90th percentile over 256 context pairs): depth 1.13 / 1.34,
 bounds 1.11 / 1.28, baseline 1.38 / 2.08 (the same at every written scale: the rules are scale-equivariant). Depth
 and bounds carry the same information (LLFF computes its bounds from the sparse points) and are equally robust;
-the baseline depends on how far apart the user's context views are, so it is the last resort.
+the baseline depends on how far apart the user's context views are, so it is the last resort. With the shipped
+scene model on 4 generated scenes written at 0.25×, 1× and 4× their size, reading them as written scores 18.40,
+21.07 and 14.59 dB PSNR; rescaled by the depth rule, 20.98 dB at every size.
 
 Context and targets. `context=(i, j)` or automatic: among pairs whose optical axes differ by < 45°, the one whose
 ratio of baseline to the scene's depth (median point depth over all views, or of the bounds) is closest to the
