@@ -480,6 +480,29 @@ def test_nan_poses(tmp_path, truth):
         read_capture(folder)
 
 
+@pytest.mark.parametrize("key,value", [("camera_angle_x", 0), ("camera_angle_x", math.pi), ("w", 0),
+                                       ("fl_x", -3.0), ("k1", "abc")])
+def test_degenerate_intrinsics(tmp_path, truth, key, value):
+    folder = write_nerfstudio(tmp_path / "n", truth)
+    meta = json.loads((folder / "transforms.json").read_text())
+    if key.startswith("camera"):
+        del meta["fl_x"], meta["fl_y"]
+    meta[key] = value
+    (folder / "transforms.json").write_text(json.dumps(meta))
+    with pytest.raises(CaptureFormatError, match=rf"transforms.json: frame 0: '{key}' "):
+        read_capture(folder)
+
+
+def test_inputs_sharing_one_pose(tmp_path, truth):
+    folder = write_nerfstudio(tmp_path / "n", truth)
+    meta = json.loads((folder / "transforms.json").read_text())
+    for f in meta["frames"]:
+        f["transform_matrix"] = meta["frames"][0]["transform_matrix"]
+    (folder / "transforms.json").write_text(json.dumps(meta))
+    with pytest.raises(CaptureFormatError, match="share one camera pose"):
+        capture_to_object_example(read_capture(folder), input_size=16)
+
+
 def test_missing_masks(tmp_path, truth):
     folder = write_colmap(tmp_path / "c", truth, binary=True)
     (folder / "masks" / "r_003.png.png").unlink()
@@ -572,3 +595,17 @@ def test_scene_example_scale_context_and_targets(scene_capture):
     assert ex2.example.input_images.shape == (2, 12, 16, 3)
     with pytest.raises(CaptureFormatError, match="context must be two different frame indices"):
         capture_to_scene_example(cap, context=(0, 0))
+
+
+def test_scene_scale_without_points(scene_capture):
+    cap = read_capture(scene_capture)
+    depths = [scale_statistic("depth", cap.cameras, (v, v), cap.points) for v in range(len(cap))]
+    cap.points = None
+    ex = capture_to_scene_example(cap, image_size=8)
+    assert ex.scale_rule == "baseline" and ex.context == (0, 13)  # gap min(V - 1, 30) in capture order
+    assert abs(ex.scale * scale_statistic("baseline", cap.cameras, (0, 13)) - REFERENCE["baseline"]) < 1e-9
+    assert 1 <= len(ex.targets) <= 3 and all(0 < t < 13 for t in ex.targets)
+    cap.bounds = torch.tensor([[0.5 * d, 2.0 * d] for d in depths], dtype=torch.float64)  # sqrt(near·far) = d
+    ex = capture_to_scene_example(cap, context=(2, 9), image_size=8)
+    assert ex.scale_rule == "bounds"
+    assert abs(ex.scale - REFERENCE["bounds"] / (0.5 * (depths[2] + depths[9]))) < 1e-9

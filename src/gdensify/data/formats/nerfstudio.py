@@ -18,6 +18,7 @@ frames that were never shipped). Masks: `mask_path` per frame, else a `masks/` o
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from pathlib import Path
@@ -65,6 +66,23 @@ def _distortion(json_path: Path, data: dict, frame: dict, index: int) -> LensDis
     return None if d.is_identity else d
 
 
+def _check_intrinsic_fields(json_path: Path, data: dict, frame: dict, index: int) -> None:
+    """Refuse values that would divide by zero or give a degenerate camera, naming the field."""
+    for key, low, high in (("camera_angle_x", 0.0, math.radians(179)), ("camera_angle_y", 0.0, math.radians(179)),
+                           ("fl_x", 0.0, math.inf), ("fl_y", 0.0, math.inf), ("w", 0.0, math.inf),
+                           ("h", 0.0, math.inf)):
+        value = frame.get(key, data.get(key))
+        if value is None:
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError) as e:
+            raise CaptureFormatError(f"{json_path}: frame {index}: {key!r} is not a number ({value!r})") from e
+        if not low < number < high:
+            raise CaptureFormatError(f"{json_path}: frame {index}: {key!r} must be in ({low:g}, {high:g}), got "
+                                     f"{value!r}")
+
+
 def _read_points(json_path: Path, data: dict) -> torch.Tensor | None:
     rel = data.get("ply_file_path")
     if rel is None:
@@ -110,6 +128,7 @@ def read_nerfstudio(path: str | os.PathLike) -> Capture:
     mats, ks, capture_frames, mask_paths = [], [], [], []
     for (i, frame, image), name in zip(kept, names):
         mats.append(_matrix(json_path, frame, i))
+        _check_intrinsic_fields(json_path, data, frame, i)
         ks.append(_intrinsics(json_path, data, frame, i, width, height))
         mask_rel = frame.get("mask_path")
         mask = None

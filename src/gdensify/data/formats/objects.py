@@ -197,6 +197,20 @@ def _mask_radius(cameras: Cameras, masks: Tensor, center: Tensor) -> float | Non
     return best
 
 
+def _check_spread(capture: Capture, input_idx: list[int]) -> None:
+    """Refuse inputs that all see the object from one place (no parallax: the model cannot place anything)."""
+    if len(input_idx) < 2:
+        return
+    c = capture.cameras.centers.double()[input_idx]
+    axes = F.normalize(capture.cameras.camera_to_world.double()[input_idx, :3, 2], dim=-1)
+    spread = float(torch.cdist(c, c).max())
+    turn = float(torch.arccos((axes @ axes.T).clamp(-1, 1)).max())
+    if spread < 1e-6 * max(1.0, float(c.norm(dim=-1).max())) and turn < 1e-3:
+        names = [capture.frames[i].name for i in input_idx]
+        raise CaptureFormatError(f"{capture.root}: the input views {names} share one camera pose; the object model "
+                                 f"needs views from different directions")
+
+
 def _check(capture: Capture, indices: Sequence[int], what: str) -> list[int]:
     idx = [int(i) for i in indices]
     bad = [i for i in idx if not 0 <= i < len(capture)]
@@ -248,6 +262,7 @@ def capture_to_object_example(
         target_idx = [target_idx[round(q * (len(target_idx) - 1) / max(1, max_targets - 1))]
                       for q in range(max_targets)] if max_targets > 1 else [target_idx[len(target_idx) // 2]]
     in_images, in_masks, in_cams = _prepare(capture, input_idx, input_size, square, bg)
+    _check_spread(capture, input_idx)
     if center is not None:
         c, center_source = torch.tensor([float(x) for x in center], dtype=torch.float64), "--center"
     else:
