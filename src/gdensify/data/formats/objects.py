@@ -261,8 +261,8 @@ def capture_to_object_example(
     if max_targets is not None and len(target_idx) > max_targets >= 1:
         target_idx = [target_idx[round(q * (len(target_idx) - 1) / max(1, max_targets - 1))]
                       for q in range(max_targets)] if max_targets > 1 else [target_idx[len(target_idx) // 2]]
-    in_images, in_masks, in_cams = _prepare(capture, input_idx, input_size, square, bg)
     _check_spread(capture, input_idx)
+    in_images, in_masks, in_cams = _prepare(capture, input_idx, input_size, square, bg)
     if center is not None:
         c, center_source = torch.tensor([float(x) for x in center], dtype=torch.float64), "--center"
     else:
@@ -278,9 +278,8 @@ def capture_to_object_example(
                 scale, scale_source = OBJECT_RADIUS / r_mask, "the input masks (object larger than the volume)"
         norm = SceneNormalization(tuple(float(x) for x in c), scale)
     t_images, _, t_cams = _prepare(capture, target_idx, target_size, square, bg)
-    name = capture.name
     example = ViewExample(in_images.float(), norm.apply(in_cams).to(torch.float32), t_images.float(),
-                          norm.apply(t_cams).to(torch.float32), bg.expand(len(target_idx), 3).clone(), name,
+                          norm.apply(t_cams).to(torch.float32), bg.expand(len(target_idx), 3).clone(), capture.name,
                           bg.clone())
     return ObjectCaptureExample(example, norm, input_idx, target_idx, norm.center, OBJECT_RADIUS / norm.scale,
                                 center_source, scale_source)

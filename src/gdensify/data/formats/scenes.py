@@ -277,6 +277,6 @@ def capture_to_scene_example(
     t_img, t_cam = _load_views(capture, tgt, size, scale)
     c_cam = Cameras(c_cam.world_to_camera, c_cam.intrinsics, c_cam.width, c_cam.height, near, far).to(torch.float32)
     t_cam = Cameras(t_cam.world_to_camera, t_cam.intrinsics, t_cam.width, t_cam.height, near, far).to(torch.float32)
-    name = capture.name
-    example = ViewExample(c_img.float(), c_cam, t_img.float(), t_cam, torch.zeros(len(tgt), 3), name, torch.zeros(3))
+    example = ViewExample(c_img.float(), c_cam, t_img.float(), t_cam, torch.zeros(len(tgt), 3), capture.name,
+                          torch.zeros(3))
     return SceneCaptureExample(example, scale, rule, (i, j), tgt, near, far)
