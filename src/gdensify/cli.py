@@ -79,9 +79,17 @@ def _split_overrides(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     """The `model.*` and `data.*` key=value overrides of eval/reconstruct/demo (prefixes removed), with the
     shorthand flags added; anything else is an error."""
     model, data = [], []
-    extra = {"selection": "model.selection.method", "index": "data.index", "inputs": "data.n_inputs"}
-    items = list(args.overrides) + [f"{key}={getattr(args, flag)}" for flag, key in extra.items()
-                                    if getattr(args, flag, None) is not None]
+    flags = {"selection": "model.selection.method", "index": "data.index", "format": "data.format",
+             "center": "data.center", "radius": "data.radius", "target_size": "data.target_size",
+             "context": "data.context", "scene_scale": "data.scene_scale"}
+    items = list(args.overrides)
+    for flag, key in flags.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            items.append(f"{key}=[{value}]" if flag in ("center", "context") else f"{key}={value}")
+    inputs = getattr(args, "inputs", None)
+    if inputs is not None:  # a count, or the frame indices of a capture
+        items.append(f"data.inputs=[{inputs}]" if "," in inputs else f"data.n_inputs={inputs}")
     for item in items:
         head = item.split("=", 1)[0]
         if head.startswith("model."):
@@ -122,17 +130,28 @@ def _workload(args: argparse.Namespace, model, checkpoint):
     from .config import ConfigError, apply_overrides, to_dict
     from .data.registry import build_dataset, data_config_from_checkpoint, data_config_from_dict, detect_dataset
 
-    name = detect_dataset(args.data)
+    fmt = getattr(args, "format", None)
+    name = detect_dataset(args.data) if fmt is None else ("blender" if fmt == "blender" else "capture")
     try:
         stored = None if checkpoint is None else data_config_from_checkpoint(checkpoint)
     except ConfigError:
         stored = None
-    base = to_dict(stored) if stored is not None and stored.name == name else {"name": name}
+    if stored is not None and stored.name == name:
+        base = to_dict(stored)
+    else:  # another dataset than the model was trained on: its defaults, at the trained input size
+        base = {"name": name}
+        if getattr(stored, "image_size", None) is not None:
+            base["image_size"] = stored.image_size
+        if name == "capture":
+            base["role"] = "object" if model.config.backbone.name == "lara" else "scene"
     config = data_config_from_dict({**base, "root": str(args.data)})
     _, data_overrides = _split_overrides(args)
     config = apply_overrides(config, data_overrides) if data_overrides else config
     source = build_dataset(config, getattr(model.config.backbone, "image_size", None))
-    return source.evaluation_dataset(), source
+    dataset = source.evaluation_dataset()
+    for note in getattr(source, "notes", ()):
+        print(note)
+    return dataset, source
 
 
 def _report(args: argparse.Namespace, rows, label: str, path, model) -> None:
@@ -265,7 +284,16 @@ def build_parser() -> argparse.ArgumentParser:
                             "config of its kind)")
         p.add_argument("--scene", action="store_true", help="default to the shipped scene model (and sample scenes)")
         p.add_argument("--out", default=out)
-        p.add_argument("--inputs", type=int, default=None, help="objects: input views per object (data.n_inputs)")
+        p.add_argument("--inputs", default=None,
+                       help="objects: input views per object (data.n_inputs), or a capture's frames, e.g. 3,17,29,41")
+        p.add_argument("--format", default=None, help="the capture layout (data.format; default: detected): "
+                       "blender, nerfstudio, colmap, llff, neus")
+        p.add_argument("--center", default=None, help="captures: the object's centre x,y,z in your units")
+        p.add_argument("--radius", type=float, default=None, help="captures: the object's radius in your units")
+        p.add_argument("--target-size", type=int, default=None, help="captures: target views' side in pixels")
+        p.add_argument("--context", default=None, help="scene captures: the two context frames, e.g. 12,40")
+        p.add_argument("--scene-scale", type=float, default=None,
+                       help="scene captures: multiply your units by this (default: automatic)")
         p.add_argument("--index", default=None, help="scenes: evaluation index JSON (data.index)")
         p.add_argument("--device", default="cpu")
         p.add_argument("--selection", choices=["gradient", "random"], default=None,

@@ -23,14 +23,15 @@ from typing import Any
 from ..config import ConfigError, from_dict
 from ..io import Checkpoint
 from .blender_objects import BlenderDataConfig, BlenderObjects
+from .captures import CaptureDataConfig, Captures
 from .re10k_scenes import RE10KDataConfig, RE10KScenes
 from .source import DataSource
 
 __all__ = ["DATASETS", "DataConfig", "LEGACY_KINDS", "build_dataset", "detect_dataset", "data_config_from_dict",
            "data_config_from_checkpoint"]
 
-DATASETS: dict[str, type[DataSource]] = {"blender": BlenderObjects, "re10k": RE10KScenes}
-DataConfig = BlenderDataConfig | RE10KDataConfig
+DATASETS: dict[str, type[DataSource]] = {"blender": BlenderObjects, "re10k": RE10KScenes, "capture": Captures}
+DataConfig = BlenderDataConfig | RE10KDataConfig | CaptureDataConfig
 LEGACY_KINDS = {"object": "blender", "scene": "re10k"}
 """The dataset an experiment or checkpoint of the old `kind` was trained on."""
 
