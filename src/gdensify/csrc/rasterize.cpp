@@ -3,6 +3,9 @@
 // Semantics: docs of gdensify.render (RENDER_CONTRACT): 16x16 tiles, per tile depth order (ties by index), per
 // pixel front to back, skip power > 0 and alpha < 1/255, alpha = min(0.99, o*exp(power)), stop a pixel before the
 // Gaussian that would bring T below 1e-4. image = sum w*c + T*bg, alpha = 1 - T, depth = sum w*z.
+// Two renderer rules (gdensify.render.RasterRules) reach this file: `pixel_rect` (tile rectangle from the
+// integer-pixel mean u - 0.5 with truncation, as CUDA getRect) and `clamp_grad` (the backward passes the gradient
+// through the 0.99 alpha clamp, as CUDA's backward does).
 //
 // Design (all work in C++, no per-(pixel, Gaussian) storage):
 //  1. pack: one 64-byte record per (camera, Gaussian) with the attributes the inner loops read, plus a
@@ -532,7 +535,8 @@ inline void alpha_support(T a, T b, T c, T o, T& cut, T& ex, T& ey) {
 
 template <typename T>
 void pack(int64_t C, int64_t N, const T* means2d, const T* conics, const T* colors, const T* opac,
-          const T* depths, const int32_t* radii, int tiles_x, int tiles_y, T* packed, Rect* rects) {
+          const T* depths, const int32_t* radii, int tiles_x, int tiles_y, bool pixel_rect, T* packed,
+          Rect* rects) {
   const T amin_keep = Consts<T>::alpha_min() * T(0.999);
   at::parallel_for(0, C * N, kGrainPack, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
@@ -542,12 +546,15 @@ void pack(int64_t C, int64_t N, const T* means2d, const T* conics, const T* colo
       int32_t rad = radii[i];
       T u = means2d[2 * i], v = means2d[2 * i + 1], o = opac[i];
       if (rad <= 0 || !std::isfinite(u) || !std::isfinite(v) || !(o >= amin_keep)) continue;
-      // Exactly projection.tile_rect: floor((u - r)/16), floor((u + r + 15)/16), clamped to [0, tiles].
+      // Exactly projection.tile_rect: floor((u - r)/16), floor((u + r + 15)/16), clamped to [0, tiles]; with
+      // pixel_rect the same from u - 0.5 with truncation.
       const T rr = T(rad);
-      T fx0 = std::floor((u - rr) / T(TS));
-      T fx1 = std::floor((u + rr + T(TS - 1)) / T(TS));
-      T fy0 = std::floor((v - rr) / T(TS));
-      T fy1 = std::floor((v + rr + T(TS - 1)) / T(TS));
+      const T ru = pixel_rect ? u - T(0.5) : u, rv = pixel_rect ? v - T(0.5) : v;
+      auto rnd = [pixel_rect](T f) { return pixel_rect ? std::trunc(f) : std::floor(f); };
+      T fx0 = rnd((ru - rr) / T(TS));
+      T fx1 = rnd((ru + rr + T(TS - 1)) / T(TS));
+      T fy0 = rnd((rv - rr) / T(TS));
+      T fy1 = rnd((rv + rr + T(TS - 1)) / T(TS));
       auto clampi = [](T f, int hi) -> int32_t {
         if (!(f > T(0))) return 0;
         if (f > T(hi)) return hi;
@@ -872,7 +879,7 @@ template <typename V>
 void backward_tile(const typename V::S* packed, const int32_t* list, int64_t start, int tx0, int ty0, int W, int H,
                    const typename V::S* bg, const typename V::S* g_img, const typename V::S* g_alpha,
                    const typename V::S* g_depth, const typename V::S* tfin, const int32_t* nc_in,
-                   typename V::S* gbuf, typename V::S* g_bg) {
+                   bool clamp_grad, typename V::S* gbuf, typename V::S* g_bg) {
   using S = typename V::S;
   using M = typename V::M;
   alignas(64) S Tb[TP], GBb[TP], GRb[TP], GGb[TP], GBLb[TP], GDb[TP];
@@ -909,6 +916,8 @@ void backward_tile(const typename V::S* packed, const int32_t* list, int64_t sta
 
   const V one = V::set1(S(1)), amax = V::set1(Consts<S>::alpha_max()), amin = V::set1(Consts<S>::alpha_min());
   const V zero = V::set1(S(0)), mhalf = V::set1(S(-0.5));
+  // without clamp_grad the derivative is zero where x = o*G exceeds 0.99; with it, x is never compared
+  const V gmax = V::set1(clamp_grad ? std::numeric_limits<S>::infinity() : Consts<S>::alpha_max());
   V pxv[VPR];
   for (int k = 0; k < VPR; ++k) pxv[k] = V::ramp() + V::set1(S(tx0 + k * LANES) + S(0.5));
 
@@ -961,7 +970,7 @@ void backward_tile(const typename V::S* packed, const int32_t* list, int64_t sta
         aG = fmadd(w, gg, aG);
         aBl = fmadd(w, gbl, aBl);
         aZ = fmadd(w, gd, aZ);
-        const V gx = V::select(m & cmp_le(x, amax), dal, zero);  // zero where the 0.99 clamp is active
+        const V gx = V::select(m & cmp_le(x, gmax), dal, zero);  // zero where the 0.99 clamp is active
         aO = fmadd(gx, e, aO);
         const V gp = gx * x;  // dL/dpower
         const V gpdx = gp * dx, gpdy = gp * vdy;
@@ -1010,7 +1019,7 @@ void check_inputs(const at::Tensor& means2d, const at::Tensor& conics, const at:
 template <typename S>
 std::vector<at::Tensor> forward_impl(const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& colors,
                                      const at::Tensor& opac, const at::Tensor& depths, const at::Tensor& radii,
-                                     const at::Tensor& bg, int64_t W, int64_t H) {
+                                     const at::Tensor& bg, int64_t W, int64_t H, bool pixel_rect) {
   using V = typename VecFor<S>::type;
   const int64_t C = means2d.size(0), N = means2d.size(1);
   const int tiles_x = int((W + TS - 1) / TS), tiles_y = int((H + TS - 1) / TS);
@@ -1020,7 +1029,8 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& means2d, const at::Tensor
   at::Tensor packed = pooled_empty({C * N, PK}, dt);
   Scratch<Rect> rects(size_t(C * N));
   pack<S>(C, N, means2d.data_ptr<S>(), conics.data_ptr<S>(), colors.data_ptr<S>(), opac.data_ptr<S>(),
-          depths.data_ptr<S>(), radii.data_ptr<int32_t>(), tiles_x, tiles_y, packed.data_ptr<S>(), rects.data());
+          depths.data_ptr<S>(), radii.data_ptr<int32_t>(), tiles_x, tiles_y, pixel_rect, packed.data_ptr<S>(),
+          rects.data());
   const double t1 = now();
   Bins bins = bin<S>(C, N, depths.data_ptr<S>(), rects.data(), tiles_x, tiles_y);
   const double t2 = now();
@@ -1061,7 +1071,7 @@ template <typename S>
 std::vector<at::Tensor> backward_impl(const at::Tensor& g_img, const at::Tensor& g_alpha, const at::Tensor& g_depth,
                                       const at::Tensor& bg, const at::Tensor& packed, const at::Tensor& offsets,
                                       const at::Tensor& list, const at::Tensor& tfin, const at::Tensor& ncon,
-                                      int64_t C, int64_t N, int64_t W, int64_t H) {
+                                      int64_t C, int64_t N, int64_t W, int64_t H, bool clamp_grad) {
   using V = typename VecFor<S>::type;
   const int tiles_x = int((W + TS - 1) / TS), tiles_y = int((H + TS - 1) / TS);
   const int64_t ntiles = int64_t(tiles_x) * tiles_y;
@@ -1108,7 +1118,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g_img, const at::Tensor&
       const int64_t c = bn / ntiles, t = bn % ntiles;
       const int tx0 = int(t % tiles_x) * TS, ty0 = int(t / tiles_x) * TS;
       backward_tile<V>(pk, lst, off[bn], tx0, ty0, int(W), int(H), bgp + 3 * c, gip + 3 * c * HW, gap + c * HW,
-                       gdp + c * HW, tfp + c * HW, ncp + c * HW, mybuf, mybg + 3 * c);
+                       gdp + c * HW, tfp + c * HW, ncp + c * HW, clamp_grad, mybuf, mybg + 3 * c);
     }
   }
   const double t2 = now();
@@ -1164,18 +1174,18 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g_img, const at::Tensor&
 
 std::vector<at::Tensor> forward(const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& colors,
                                 const at::Tensor& opac, const at::Tensor& depths, const at::Tensor& radii,
-                                const at::Tensor& bg, int64_t W, int64_t H) {
+                                const at::Tensor& bg, int64_t W, int64_t H, bool pixel_rect) {
   check_inputs(means2d, conics, colors, opac, depths, radii, bg);
   TORCH_CHECK(W > 0 && H > 0, "image size must be positive");
   if (means2d.scalar_type() == at::kFloat)
-    return forward_impl<float>(means2d, conics, colors, opac, depths, radii, bg, W, H);
-  return forward_impl<double>(means2d, conics, colors, opac, depths, radii, bg, W, H);
+    return forward_impl<float>(means2d, conics, colors, opac, depths, radii, bg, W, H, pixel_rect);
+  return forward_impl<double>(means2d, conics, colors, opac, depths, radii, bg, W, H, pixel_rect);
 }
 
 std::vector<at::Tensor> backward(const at::Tensor& g_img, const at::Tensor& g_alpha, const at::Tensor& g_depth,
                                  const at::Tensor& bg, const at::Tensor& packed, const at::Tensor& offsets,
                                  const at::Tensor& list, const at::Tensor& tfin, const at::Tensor& ncon, int64_t C,
-                                 int64_t N, int64_t W, int64_t H) {
+                                 int64_t N, int64_t W, int64_t H, bool clamp_grad) {
   const auto dt = packed.scalar_type();
   for (const at::Tensor* t : {&g_img, &g_alpha, &g_depth, &bg, &tfin}) {
     TORCH_CHECK(t->scalar_type() == dt && t->is_contiguous() && t->device().is_cpu(),
@@ -1184,8 +1194,10 @@ std::vector<at::Tensor> backward(const at::Tensor& g_img, const at::Tensor& g_al
   TORCH_CHECK(g_img.sizes() == at::IntArrayRef({C, H, W, 3}), "grad image must be (C, H, W, 3)");
   TORCH_CHECK(g_alpha.numel() == C * H * W && g_depth.numel() == C * H * W, "grad alpha/depth size");
   if (dt == at::kFloat)
-    return backward_impl<float>(g_img, g_alpha, g_depth, bg, packed, offsets, list, tfin, ncon, C, N, W, H);
-  return backward_impl<double>(g_img, g_alpha, g_depth, bg, packed, offsets, list, tfin, ncon, C, N, W, H);
+    return backward_impl<float>(g_img, g_alpha, g_depth, bg, packed, offsets, list, tfin, ncon, C, N, W, H,
+                                clamp_grad);
+  return backward_impl<double>(g_img, g_alpha, g_depth, bg, packed, offsets, list, tfin, ncon, C, N, W, H,
+                               clamp_grad);
 }
 
 bool has_avx2() { return GDS_HAVE_AVX2; }
