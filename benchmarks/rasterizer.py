@@ -15,6 +15,11 @@ extension build/load and the scene construction). Timings are never asserted; th
     python benchmarks/rasterizer.py --reference-limit 50000x256   # skip slow reference cells, marked "skipped"
     python benchmarks/rasterizer.py --profile          # also the cpu backend's stage breakdown
     python benchmarks/rasterizer.py --omp-passive      # OMP_WAIT_POLICY=PASSIVE in the cells (busy machines)
+    python benchmarks/rasterizer.py --projection       # C++ projection vs its PyTorch twin, 200k @ 512², 1 thread
+
+`projection_benchmark()` (also importable: `benchmarks/published_models.py` calls it) times forward+backward of
+the whole cpu-backend render with the PyTorch projection twin (`projection="torch"`) and with the C++ projection
+(`projection="cpp"`, the default), alternating the two in one process.
 
 The header line records the OpenMP wait policy and the load average: on a machine shared with other work, the
 default (spinning) policy can make every PyTorch/OpenMP parallel region wait a scheduler time slice.
@@ -132,6 +137,52 @@ def worker(backend: str, n: int, res: int, runs: int, threads: int, profile: boo
     return result
 
 
+def projection_benchmark(n: int = 200_000, size: int = 512, repeats: int = 5, threads: int = 1) -> dict:
+    """Median seconds of one forward+backward of the cpu-backend render (the scene above, float32, loss = a fixed
+    random-weighted image sum, gradients to every Gaussian parameter) with the PyTorch projection twin and with the
+    C++ projection, measured alternately in this process after one warm-up each. Prints a table; returns
+    {"torch_projection_s": …, "cpp_projection_s": …} (plus "n", "size", "threads", "repeats", "ratio")."""
+    import torch
+
+    from gdensify.render import _cpu, rasterize
+
+    _cpu._load()
+    saved_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        params, cameras, weights, gaussians_cls = make_scene(n, size)
+        leaves = [p.clone().requires_grad_(True) for p in params]
+
+        def forward_backward(projection: str) -> float:
+            for leaf in leaves:
+                leaf.grad = None
+            t = time.perf_counter()
+            out = rasterize(gaussians_cls(*leaves), cameras, backend="cpu", projection=projection)
+            (out.image * weights).sum().backward()
+            return time.perf_counter() - t
+
+        times: dict[str, list[float]] = {"torch": [], "cpp": []}
+        for projection in times:
+            forward_backward(projection)  # warm-up (allocator, caches)
+        for _ in range(repeats):
+            for projection in times:
+                times[projection].append(forward_backward(projection))
+    finally:
+        torch.set_num_threads(saved_threads)
+    result = {"torch_projection_s": statistics.median(times["torch"]),
+              "cpp_projection_s": statistics.median(times["cpp"])}
+    ratio = result["torch_projection_s"] / result["cpp_projection_s"]
+    print(f"cpu backend forward+backward, {_fmt_n(n)} Gaussians @ {size}², {threads} thread(s), median of {repeats} "
+          f"(alternating), float32, torch {torch.__version__}, OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY', 'default')}, load average {_loadavg()}\n\n"
+          "| projection | fwd+bwd s (median) | min s | max s |\n|---|---|---|---|\n"
+          + "".join(f"| {name} | {statistics.median(ts):.3f} | {min(ts):.3f} | {max(ts):.3f} |\n"
+                    for name, ts in (("PyTorch twin", times["torch"]), ("C++", times["cpp"])))
+          + f"\nspeed-up of the C++ projection: {ratio:.2f}× (target ≥ 2×: {'met' if ratio >= 2 else 'NOT met'})",
+          flush=True)
+    return {**result, "ratio": ratio, "n": n, "size": size, "threads": threads, "repeats": repeats}
+
+
 def _profile_once(leaves, cameras, weights, gaussians_cls) -> dict:
     """One forward+backward of the cpu backend split into stages (PyTorch projection, C++ binning, compositing)."""
     import torch
@@ -228,6 +279,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--omp-passive", action="store_true",
                    help="run the cells with OMP_WAIT_POLICY=PASSIVE (idle OpenMP threads sleep instead of spinning; "
                         "much faster when other processes compete for the cores)")
+    p.add_argument("--projection", action="store_true",
+                   help="only run projection_benchmark (C++ projection vs its PyTorch twin); --sizes, --res, "
+                        "--runs, --threads (default 1 here) pick N, the resolution, the repeats and the threads")
     p.add_argument("--json", default=None, help="also write the raw results to this file")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per cell")
     p.add_argument("--_worker", nargs=3, default=None, help=argparse.SUPPRESS)
@@ -237,6 +291,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         backend, n, res = args._worker
         print(json.dumps(worker(backend, int(n), int(res), args.runs, args.threads, args.profile)), flush=True)
         return []
+
+    if args.projection:
+        n = int(float(args.sizes.split(",")[0])) if args.sizes else 200_000
+        size = int(args.res.split(",")[0]) if args.res else 512
+        threads = args.threads if "--threads" in (argv if argv is not None else sys.argv) else 1
+        result = projection_benchmark(n, size, args.runs, threads)
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=1))
+        return [result]
 
     default_sizes = QUICK_SIZES if args.quick else FULL_SIZES
     sizes = [int(float(x)) for x in args.sizes.split(",")] if args.sizes else default_sizes

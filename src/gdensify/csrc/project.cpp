@@ -318,9 +318,14 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& means, const at::Tensor& 
           m2[2 * i] = m2[2 * i + 1] = T(0);
           cn[3 * i] = cn[3 * i + 1] = cn[3 * i + 2] = T(0);
         }
-        T d[3], dir[3], dnorm, Y[25];
-        view_dir(mu, cam.origin, d, dir, dnorm);
-        sh_basis(int(deg), dir[0], dir[1], dir[2], Y);
+        T Y[25];
+        if (deg > 0) {
+          T d[3], dir[3], dnorm;
+          view_dir(mu, cam.origin, d, dir, dnorm);
+          sh_basis(int(deg), dir[0], dir[1], dir[2], Y);
+        } else {
+          Y[0] = T(C0);
+        }
         for (int ch = 0; ch < 3; ++ch) {
           T acc = 0;
           for (int k = 0; k < nb; ++k) acc += Y[k] * shn[3 * k + ch];
@@ -372,11 +377,12 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& means, const at::Tensor&
           Ewa<T> ew;
           ewa(cam, mu, M, far_cull, tnear, tfar, ew);
           const T x = ew.p[0], y = ew.p[1], z = ew.p[2];
+          const T iz = T(1) / z, iz2 = iz * iz, iz3 = iz2 * iz;
           // mean2d
           const T gu = gm2[2 * i], gv = gm2[2 * i + 1];
-          gp[0] += gu * cam.fx / z;
-          gp[1] += gv * cam.fy / z;
-          gp[2] += -gu * cam.fx * x / (z * z) - gv * cam.fy * y / (z * z);
+          gp[0] += gu * cam.fx * iz;
+          gp[1] += gv * cam.fy * iz;
+          gp[2] += -(gu * cam.fx * x + gv * cam.fy * y) * iz2;
           // conic = (c, -b, a) / det
           const T gA = gcn[3 * i], gB = gcn[3 * i + 1], gC = gcn[3 * i + 2];
           const T a = ew.a, bb = ew.b, cc = ew.c, inv = T(1) / ew.det, inv2 = inv * inv;
@@ -410,25 +416,27 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& means, const at::Tensor&
           for (int r = 0; r < 3; ++r)
             for (int k = 0; k < 3; ++k) gM[3 * r + k] += R[r] * gP[k] + R[3 + r] * gP[3 + k] + R[6 + r] * gP[6 + k];
           // J = [[fx/z, 0, -fx tx/z^2], [0, fy/z, -fy ty/z^2]], tx = z clamp(x/z, +-lim)
-          const T z2 = z * z, z3 = z2 * z;
-          gp[2] += -gJ00 * cam.fx / z2 - gJ11 * cam.fy / z2 + 2 * gJ02 * cam.fx * ew.tx / z3 +
-                   2 * gJ12 * cam.fy * ew.ty / z3;
-          const T gtx = -gJ02 * cam.fx / z2, gty = -gJ12 * cam.fy / z2;
+          gp[2] += -(gJ00 * cam.fx + gJ11 * cam.fy) * iz2 + 2 * (gJ02 * cam.fx * ew.tx + gJ12 * cam.fy * ew.ty) * iz3;
+          const T gtx = -gJ02 * cam.fx * iz2, gty = -gJ12 * cam.fy * iz2;
           if (ew.clamp_x)
-            gp[2] += gtx * (x / z > 0 ? cam.lim_x : -cam.lim_x);
+            gp[2] += gtx * (x > 0 ? cam.lim_x : -cam.lim_x);
           else
             gp[0] += gtx;
           if (ew.clamp_y)
-            gp[2] += gty * (y / z > 0 ? cam.lim_y : -cam.lim_y);
+            gp[2] += gty * (y > 0 ? cam.lim_y : -cam.lim_y);
           else
             gp[1] += gty;
         }
         // p = R mu + t
         for (int j = 0; j < 3; ++j) gmu[j] += R[j] * gp[0] + R[3 + j] * gp[1] + R[6 + j] * gp[2];
         // colour = max(sum_k Y_k sh_k + 0.5, 0)
-        T d[3], dir[3], dnorm, Y[25], gY[25];
-        view_dir(mu, cam.origin, d, dir, dnorm);
-        sh_basis(int(deg), dir[0], dir[1], dir[2], Y);
+        T d[3], dir[3], dnorm = T(1), Y[25], gY[25];
+        if (deg > 0) {
+          view_dir(mu, cam.origin, d, dir, dnorm);
+          sh_basis(int(deg), dir[0], dir[1], dir[2], Y);
+        } else {
+          Y[0] = T(C0);
+        }
         T graw[3];
         bool any = false;
         for (int ch = 0; ch < 3; ++ch) {
