@@ -250,6 +250,21 @@ def test_invalid_inputs_raise_value_errors():
         rasterize(g.means, cams)
 
 
+def test_projection_argument():
+    g = smooth_scene(n=6, seed=2)
+    cams = simple_camera()
+    with pytest.raises(ValueError, match="unknown projection"):
+        rasterize(g, cams, backend="reference", projection="numpy")
+    fn, reason = rasterize_module._load_cpu()
+    if fn is None:
+        pytest.skip(f"cpu backend unavailable: {reason}")
+    twin = rasterize(g, cams, backend="reference")
+    cpp = rasterize(g, cams, backend="reference", projection="cpp")  # C++ projection, PyTorch compositing
+    assert cpp.backend == "reference"
+    torch.testing.assert_close(cpp.image, twin.image, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(cpp.means2d, twin.means2d, rtol=1e-12, atol=1e-12)
+
+
 def test_backend_requirements_without_cuda():
     g = smooth_scene()
     cams = simple_camera()

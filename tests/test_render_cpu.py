@@ -363,3 +363,14 @@ def test_benchmark_script_runs_in_quick_mode(capsys):
     out = capsys.readouterr().out
     assert "| N |" in out and "cpu" in out and "reference" in out
     assert "speed-up" in out
+
+
+def test_projection_benchmark_runs_small(capsys):
+    spec = importlib.util.spec_from_file_location("bench_rasterizer", ROOT / "benchmarks" / "rasterizer.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.projection_benchmark(n=500, size=32, repeats=1, threads=1)
+    assert result["torch_projection_s"] > 0 and result["cpp_projection_s"] > 0
+    out = capsys.readouterr().out
+    assert "PyTorch twin" in out and "C++" in out and "speed-up" in out
+
