@@ -90,9 +90,5 @@ class RasterRules:
         Use `Cameras(..., near=0.2)` with it (the kernel's hard-coded near plane)."""
         return cls.inria(sh_view_origin="negated_position")
 
-    @property
-    def is_default(self) -> bool:
-        return self == RasterRules()
-
 
 DEFAULT_RULES = RasterRules()
