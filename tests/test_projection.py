@@ -271,8 +271,10 @@ def test_cpp_projection_covers_every_culling_case_and_the_fov_clamp():
 
 @needs_cxx
 @pytest.mark.parametrize("rules", ["default", "gd_object_release"])
-def test_cpp_projection_float32_within_rounding_of_the_twin(rules):
-    g, cams = mixed_scene(3, dtype=torch.float32, seed=5, n=2000)
+@pytest.mark.parametrize("sh_degree", [0, 1, 2, 3, 4])
+def test_cpp_projection_float32_within_rounding_of_the_twin(rules, sh_degree):
+    """float32 runs 8 Gaussians per AVX2 vector where available; 2,003 leaves a scalar tail."""
+    g, cams = mixed_scene(sh_degree, dtype=torch.float32, seed=5, n=2003)
     (want, want_grads), (got, got_grads) = project_both(g, cams, RULES[rules])
     same = got[3] == want[3]
     assert float(same.float().mean()) > 0.995  # a radius may flip at a ceil boundary by rounding
@@ -281,7 +283,7 @@ def test_cpp_projection_float32_within_rounding_of_the_twin(rules):
             mask = same[..., None] if a.dim() == 3 else same
             assert rel_err(a * mask, b * mask) < 1e-5, name
     for name, a, b in zip(("means", "quats", "log_scales", "opacity_logits", "sh"), got_grads, want_grads):
-        assert rel_err(a, b) < 1e-3, name
+        assert rel_err(a, b) < 1e-5, name
 
 
 @needs_cxx

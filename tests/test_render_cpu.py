@@ -340,7 +340,8 @@ def test_rasterize_cpu_matches_reference_end_to_end():
 # ----------------------------------------------------------------------------------------------- portable build
 @pytest.mark.slow
 def test_portable_build_matches_reference():
-    """The non-AVX2 float32 path (GDENSIFY_CPU_SIMD=0, a second build of ~1 minute) in a subprocess."""
+    """The non-AVX2 float32 paths of compositing and projection (GDENSIFY_CPU_SIMD=0, a second build of ~1 minute)
+    in a subprocess."""
     code = (
         "import torch, sys; sys.path.insert(0, %r)\n"
         "import test_render_cpu as t\n"
@@ -348,6 +349,8 @@ def test_portable_build_matches_reference():
         "assert not _cpu.cpu_backend_simd()\n"
         "t.test_float32_matches_reference(2, 300, 37, 29, 0)\n"
         "t.test_opaque_stack_terminates_early()\n"
+        "import test_projection as p\n"
+        "p.test_cpp_projection_float32_within_rounding_of_the_twin('gd_object_release', 3)\n"
         "print('ok')\n" % str(Path(__file__).parent))
     env = dict(os.environ, GDENSIFY_CPU_SIMD="0")
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)

@@ -12,6 +12,9 @@
 //
 // Work is split over Gaussians; each loops over the cameras and sums its own gradients (no atomics, results do
 // not depend on the thread count). The backward recomputes everything from the inputs instead of saving it.
+// The math is written once for a lane type: a scalar (float64, the float32 tail, builds without AVX2) or, with
+// AVX2 + FMA, 8 float32 Gaussians at once (branches become selects; exp is the rasterizer's ~1 ulp polynomial,
+// every other operation is IEEE and rounds as the scalar one does).
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -23,7 +26,18 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
+#include <type_traits>
 #include <vector>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+
+#include "exp_avx2.h"
+#define GDS_PROJECT_AVX2 1
+#else
+#define GDS_PROJECT_AVX2 0
+#endif
 
 namespace gds_project {
 
@@ -118,22 +132,118 @@ inline void sh_basis_vjp(int deg, T x, T y, T z, const T* g, T& gx, T& gy, T& gz
         T(C4[7]) * x * (xx - 3 * yy) * g[23];
 }
 
-// One camera's constants.
+
+// ------------------------------------------------------------------------------------------------ lanes
+// Scalars: masks are bool.
 template <typename T>
-struct Cam {
-  T R[9], t[3], fx, fy, cx, cy, lim_x, lim_y, origin[3];
+inline T vsqrt(T a) { return std::sqrt(a); }
+template <typename T>
+inline T vexp(T a) { return std::exp(a); }
+template <typename T>
+inline T vmin(T a, T b) { return std::min(a, b); }
+template <typename T>
+inline T vmax(T a, T b) { return std::max(a, b); }
+template <typename T>
+inline T vceil(T a) { return std::ceil(a); }
+template <typename T>
+inline T vfloor(T a) { return std::floor(a); }
+template <typename T>
+inline T vtrunc(T a) { return std::trunc(a); }
+template <typename T>
+inline T sel(bool m, T a, T b) { return m ? a : b; }
+template <typename T>
+inline bool vfinite(T a) { return std::isfinite(a); }
+inline bool any(bool m) { return m; }
+
+// Loads and stores of W consecutive Gaussians' values, `stride` scalars apart.
+template <typename T>
+struct Lanes {
+  static constexpr int W = 1;
+  static T gather(const T* p, int64_t) { return *p; }
+  static void scatter(T* p, int64_t, T v) { *p = v; }
+  static void scatter_int(int32_t* p, T v) { *p = int32_t(v); }
+  static bool positive(const int32_t* p) { return *p > 0; }
 };
 
-template <typename T>
-std::vector<Cam<T>> load_cameras(const at::Tensor& w2c, const at::Tensor& K, const at::Tensor& origins, int64_t W,
-                            int64_t H) {
+#if GDS_PROJECT_AVX2
+struct M8 {
+  __m256 m;
+};
+inline M8 operator&(M8 a, M8 b) { return {_mm256_and_ps(a.m, b.m)}; }
+inline M8 operator|(M8 a, M8 b) { return {_mm256_or_ps(a.m, b.m)}; }
+inline bool any(M8 a) { return _mm256_movemask_ps(a.m) != 0; }
+
+struct F8 {
+  __m256 v;
+  F8() = default;
+  F8(float a) : v(_mm256_set1_ps(a)) {}  // NOLINT: scalars broadcast implicitly, as in the scalar code
+  explicit F8(__m256 x) : v(x) {}
+};
+inline F8 operator+(F8 a, F8 b) { return F8(_mm256_add_ps(a.v, b.v)); }
+inline F8 operator-(F8 a, F8 b) { return F8(_mm256_sub_ps(a.v, b.v)); }
+inline F8 operator*(F8 a, F8 b) { return F8(_mm256_mul_ps(a.v, b.v)); }
+inline F8 operator/(F8 a, F8 b) { return F8(_mm256_div_ps(a.v, b.v)); }
+inline F8 operator-(F8 a) { return F8(_mm256_xor_ps(a.v, _mm256_set1_ps(-0.0f))); }
+inline F8& operator+=(F8& a, F8 b) { return a = a + b; }
+inline M8 operator<(F8 a, F8 b) { return {_mm256_cmp_ps(a.v, b.v, _CMP_LT_OQ)}; }
+inline M8 operator>(F8 a, F8 b) { return {_mm256_cmp_ps(a.v, b.v, _CMP_GT_OQ)}; }
+inline M8 operator>=(F8 a, F8 b) { return {_mm256_cmp_ps(a.v, b.v, _CMP_GE_OQ)}; }
+inline F8 vsqrt(F8 a) { return F8(_mm256_sqrt_ps(a.v)); }
+inline F8 vexp(F8 a) { return F8(gds_exp_avx2(a.v)); }
+inline F8 vmin(F8 a, F8 b) { return F8(_mm256_min_ps(a.v, b.v)); }
+inline F8 vmax(F8 a, F8 b) { return F8(_mm256_max_ps(a.v, b.v)); }
+inline F8 vceil(F8 a) { return F8(_mm256_ceil_ps(a.v)); }
+inline F8 vfloor(F8 a) { return F8(_mm256_floor_ps(a.v)); }
+inline F8 vtrunc(F8 a) { return F8(_mm256_round_ps(a.v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC)); }
+inline F8 sel(M8 m, F8 a, F8 b) { return F8(_mm256_blendv_ps(b.v, a.v, m.m)); }
+inline M8 vfinite(F8 a) {
+  const __m256 mag = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a.v);
+  return {_mm256_cmp_ps(mag, _mm256_set1_ps(std::numeric_limits<float>::infinity()), _CMP_LT_OQ)};
+}
+
+template <>
+struct Lanes<F8> {
+  static constexpr int W = 8;
+  static F8 gather(const float* p, int64_t stride) {
+    if (stride == 1) return F8(_mm256_loadu_ps(p));
+    alignas(32) float b[8];
+    for (int l = 0; l < 8; ++l) b[l] = p[l * stride];
+    return F8(_mm256_load_ps(b));
+  }
+  static void scatter(float* p, int64_t stride, F8 v) {
+    if (stride == 1) return _mm256_storeu_ps(p, v.v);
+    alignas(32) float b[8];
+    _mm256_store_ps(b, v.v);
+    for (int l = 0; l < 8; ++l) p[l * stride] = b[l];
+  }
+  static void scatter_int(int32_t* p, F8 v) { _mm256_storeu_si256((__m256i*)p, _mm256_cvttps_epi32(v.v)); }
+  static M8 positive(const int32_t* p) {
+    const __m256i r = _mm256_loadu_si256((const __m256i*)p);
+    return {_mm256_castsi256_ps(_mm256_cmpgt_epi32(r, _mm256_setzero_si256()))};
+  }
+};
+#endif
+
+template <typename V>
+using Mask = decltype(V() > V());
+
+// ------------------------------------------------------------------------------------------------ cameras
+// One camera's constants (scalars; broadcast into lanes where used).
+template <typename S>
+struct Cam {
+  S R[9], t[3], fx, fy, cx, cy, lim_x, lim_y, origin[3];
+};
+
+template <typename S>
+std::vector<Cam<S>> load_cameras(const at::Tensor& w2c, const at::Tensor& K, const at::Tensor& origins, int64_t W,
+                                 int64_t H) {
   const int64_t C = w2c.size(0);
-  std::vector<Cam<T>> cams(static_cast<size_t>(C));
-  const T* m = w2c.data_ptr<T>();
-  const T* k = K.data_ptr<T>();
-  const T* o = origins.data_ptr<T>();
+  std::vector<Cam<S>> cams(static_cast<size_t>(C));
+  const S* m = w2c.data_ptr<S>();
+  const S* k = K.data_ptr<S>();
+  const S* o = origins.data_ptr<S>();
   for (int64_t c = 0; c < C; ++c) {
-    Cam<T>& cam = cams[size_t(c)];
+    Cam<S>& cam = cams[size_t(c)];
     for (int i = 0; i < 3; ++i) {
       for (int j = 0; j < 3; ++j) cam.R[3 * i + j] = m[16 * c + 4 * i + j];
       cam.t[i] = m[16 * c + 4 * i + 3];
@@ -143,105 +253,313 @@ std::vector<Cam<T>> load_cameras(const at::Tensor& w2c, const at::Tensor& K, con
     cam.fy = k[9 * c + 4];
     cam.cx = k[9 * c + 2];
     cam.cy = k[9 * c + 5];
-    cam.lim_x = T(FOV_CLAMP) * std::max(cam.cx, T(W) - cam.cx) / cam.fx;
-    cam.lim_y = T(FOV_CLAMP) * std::max(cam.cy, T(H) - cam.cy) / cam.fy;
+    cam.lim_x = S(FOV_CLAMP) * std::max(cam.cx, S(W) - cam.cx) / cam.fx;
+    cam.lim_y = S(FOV_CLAMP) * std::max(cam.cy, S(H) - cam.cy) / cam.fy;
   }
   return cams;
 }
 
-// The rotation matrix of q / max(|q|, eps) (wxyz), row major, as gdensify.gaussians.quat_to_rotmat.
-template <typename T>
-inline void rotmat(const T* q, T* Rq, T* qn, T& qnorm) {
-  qnorm = std::sqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3]);
-  const T inv = T(1) / std::max(qnorm, T(NORM_EPS));
-  for (int i = 0; i < 4; ++i) qn[i] = q[i] * inv;
-  const T w = qn[0], x = qn[1], y = qn[2], z = qn[3];
-  Rq[0] = 1 - 2 * (y * y + z * z);
-  Rq[1] = 2 * (x * y - w * z);
-  Rq[2] = 2 * (x * z + w * y);
-  Rq[3] = 2 * (x * y + w * z);
-  Rq[4] = 1 - 2 * (x * x + z * z);
-  Rq[5] = 2 * (y * z - w * x);
-  Rq[6] = 2 * (x * z - w * y);
-  Rq[7] = 2 * (y * z + w * x);
-  Rq[8] = 1 - 2 * (x * x + y * y);
-}
-
-// Everything the forward computes for one (camera, Gaussian) that the backward needs again.
-template <typename T>
-struct Ewa {
-  T p[3];            // camera-space mean
-  T J[4];            // J00, J02, J11, J12
-  T tx, ty;          // the clamped J inputs
-  bool clamp_x, clamp_y;
-  T P[9];            // R_wc M
-  T Tm[6];           // J P (2 x 3)
-  T a, b, c, det;    // dilated cov2d entries
-  bool in_depth, ok;
+// ------------------------------------------------------------------------------------------------ per Gaussian
+// World-space quantities: the mean, q/max(|q|, eps) (wxyz, as gdensify.gaussians.quat_to_rotmat), its rotation
+// matrix Rq (row major), s = exp(log_scale) and M = Rq diag(s).
+template <typename V>
+struct Gauss {
+  V mu[3], qn[4], qnorm, Rq[9], s[3], M[9];
 };
 
-template <typename T>
-inline void ewa(const Cam<T>& cam, const T* mu, const T* M, bool far_cull, T near, T far, Ewa<T>& e) {
-  const T* R = cam.R;
-  for (int i = 0; i < 3; ++i) e.p[i] = R[3 * i] * mu[0] + R[3 * i + 1] * mu[1] + R[3 * i + 2] * mu[2] + cam.t[i];
-  const T x = e.p[0], y = e.p[1], z = e.p[2];
-  e.in_depth = z > near && (!far_cull || z < far);
-  const T zs = e.in_depth ? z : T(1);
-  const T rx = x / zs, ry = y / zs;
-  e.clamp_x = rx > cam.lim_x || rx < -cam.lim_x;
-  e.clamp_y = ry > cam.lim_y || ry < -cam.lim_y;
-  e.tx = zs * std::max(std::min(rx, cam.lim_x), -cam.lim_x);
-  e.ty = zs * std::max(std::min(ry, cam.lim_y), -cam.lim_y);
-  e.J[0] = cam.fx / zs;
-  e.J[1] = -cam.fx * e.tx / (zs * zs);
-  e.J[2] = cam.fy / zs;
-  e.J[3] = -cam.fy * e.ty / (zs * zs);
+template <typename V, typename S>
+inline void load_gaussian(const S* mup, const S* qp, const S* lsp, int64_t n, Gauss<V>& g) {
+  using L = Lanes<V>;
+  for (int j = 0; j < 3; ++j) g.mu[j] = L::gather(mup + 3 * n + j, 3);
+  V q[4];
+  for (int j = 0; j < 4; ++j) q[j] = L::gather(qp + 4 * n + j, 4);
+  g.qnorm = vsqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3]);
+  const V inv = V(1) / vmax(g.qnorm, V(NORM_EPS));
+  for (int j = 0; j < 4; ++j) g.qn[j] = q[j] * inv;
+  const V w = g.qn[0], x = g.qn[1], y = g.qn[2], z = g.qn[3];
+  V* Rq = g.Rq;
+  Rq[0] = V(1) - V(2) * (y * y + z * z);
+  Rq[1] = V(2) * (x * y - w * z);
+  Rq[2] = V(2) * (x * z + w * y);
+  Rq[3] = V(2) * (x * y + w * z);
+  Rq[4] = V(1) - V(2) * (x * x + z * z);
+  Rq[5] = V(2) * (y * z - w * x);
+  Rq[6] = V(2) * (x * z - w * y);
+  Rq[7] = V(2) * (y * z + w * x);
+  Rq[8] = V(1) - V(2) * (x * x + y * y);
+  for (int j = 0; j < 3; ++j) g.s[j] = vexp(L::gather(lsp + 3 * n + j, 3));
   for (int i = 0; i < 3; ++i)
-    for (int k = 0; k < 3; ++k) e.P[3 * i + k] = R[3 * i] * M[k] + R[3 * i + 1] * M[3 + k] + R[3 * i + 2] * M[6 + k];
+    for (int j = 0; j < 3; ++j) g.M[3 * i + j] = Rq[3 * i + j] * g.s[j];
+}
+
+// Everything about one (camera, Gaussian) the forward computes and the backward needs again.
+template <typename V>
+struct Ewa {
+  using M = Mask<V>;
+  V p[3];          // camera-space mean
+  V zs;            // z where in depth, else 1 (keeps culled entries finite)
+  V J[4];          // J00, J02, J11, J12
+  V tx, ty;        // the clamped J inputs
+  M clamp_x, clamp_y;
+  V P[9];          // R_wc M
+  V Tm[6];         // J P (2 x 3)
+  V a, b, c, det;  // dilated cov2d entries
+  M ok;            // in depth with a positive, finite det
+};
+
+template <typename V, typename S>
+inline void ewa(const Cam<S>& cam, const Gauss<V>& g, bool far_cull, S near, S far, Ewa<V>& e) {
+  const S* R = cam.R;
+  for (int i = 0; i < 3; ++i)
+    e.p[i] = V(R[3 * i]) * g.mu[0] + V(R[3 * i + 1]) * g.mu[1] + V(R[3 * i + 2]) * g.mu[2] + V(cam.t[i]);
+  const V x = e.p[0], y = e.p[1], z = e.p[2];
+  Mask<V> in_depth = z > V(near);
+  if (far_cull) in_depth = in_depth & (z < V(far));
+  e.zs = sel(in_depth, z, V(1));
+  const V zs = e.zs;
+  const V rx = x / zs, ry = y / zs;
+  const V lx = V(cam.lim_x), ly = V(cam.lim_y);
+  e.clamp_x = (rx > lx) | (rx < -lx);
+  e.clamp_y = (ry > ly) | (ry < -ly);
+  e.tx = zs * vmax(vmin(rx, lx), -lx);
+  e.ty = zs * vmax(vmin(ry, ly), -ly);
+  e.J[0] = V(cam.fx) / zs;
+  e.J[1] = V(-cam.fx) * e.tx / (zs * zs);
+  e.J[2] = V(cam.fy) / zs;
+  e.J[3] = V(-cam.fy) * e.ty / (zs * zs);
+  for (int i = 0; i < 3; ++i)
+    for (int k = 0; k < 3; ++k)
+      e.P[3 * i + k] = V(R[3 * i]) * g.M[k] + V(R[3 * i + 1]) * g.M[3 + k] + V(R[3 * i + 2]) * g.M[6 + k];
   for (int k = 0; k < 3; ++k) {
     e.Tm[k] = e.J[0] * e.P[k] + e.J[1] * e.P[6 + k];
     e.Tm[3 + k] = e.J[2] * e.P[3 + k] + e.J[3] * e.P[6 + k];
   }
-  const T* t0 = e.Tm;
-  const T* t1 = e.Tm + 3;
-  e.a = (t0[0] * t0[0] + t0[1] * t0[1] + t0[2] * t0[2]) + T(EPS_2D);
+  const V* t0 = e.Tm;
+  const V* t1 = e.Tm + 3;
+  e.a = (t0[0] * t0[0] + t0[1] * t0[1] + t0[2] * t0[2]) + V(EPS_2D);
   e.b = t0[0] * t1[0] + t0[1] * t1[1] + t0[2] * t1[2];
-  e.c = (t1[0] * t1[0] + t1[1] * t1[1] + t1[2] * t1[2]) + T(EPS_2D);
+  e.c = (t1[0] * t1[0] + t1[1] * t1[1] + t1[2] * t1[2]) + V(EPS_2D);
   e.det = e.a * e.c - e.b * e.b;
-  e.ok = e.in_depth && e.det > T(0) && std::isfinite(e.det);
+  e.ok = in_depth & (e.det > V(0)) & vfinite(e.det);
 }
 
 // projection.tile_rect: is the rectangle of half-width r around (u, v) non-empty?
-template <typename T>
-inline bool rect_nonempty(T u, T v, T r, int tiles_x, int tiles_y, bool pixel_rect) {
+template <typename V>
+inline Mask<V> rect_nonempty(V u, V v, V r, int tiles_x, int tiles_y, bool pixel_rect) {
   if (pixel_rect) {
-    u -= T(0.5);
-    v -= T(0.5);
+    u = u - V(0.5);
+    v = v - V(0.5);
   }
-  auto rnd = [pixel_rect](T f) { return pixel_rect ? std::trunc(f) : std::floor(f); };
-  auto clampf = [](T f, int hi) { return std::min(std::max(f, T(0)), T(hi)); };
-  const T x0 = clampf(rnd((u - r) / T(TS)), tiles_x), x1 = clampf(rnd((u + r + T(TS - 1)) / T(TS)), tiles_x);
-  const T y0 = clampf(rnd((v - r) / T(TS)), tiles_y), y1 = clampf(rnd((v + r + T(TS - 1)) / T(TS)), tiles_y);
-  return x1 > x0 && y1 > y0;
+  auto rnd = [pixel_rect](V f) { return pixel_rect ? vtrunc(f) : vfloor(f); };
+  const V ts = V(TS), ts1 = V(TS - 1), zero = V(0), hx = V(tiles_x), hy = V(tiles_y);
+  const V x0 = vmin(vmax(rnd((u - r) / ts), zero), hx), x1 = vmin(vmax(rnd((u + r + ts1) / ts), zero), hx);
+  const V y0 = vmin(vmax(rnd((v - r) / ts), zero), hy), y1 = vmin(vmax(rnd((v + r + ts1) / ts), zero), hy);
+  return (x1 > x0) & (y1 > y0);
 }
 
-// The world-space Gaussian's M = rotmat(q) diag(exp(log_scale)).
-template <typename T>
-inline void gaussian_m(const T* q, const T* ls, T* M, T* Rq, T* qn, T& qnorm, T* s) {
-  rotmat(q, Rq, qn, qnorm);
-  for (int j = 0; j < 3; ++j) s[j] = std::exp(ls[j]);
-  for (int i = 0; i < 3; ++i)
-    for (int j = 0; j < 3; ++j) M[3 * i + j] = Rq[3 * i + j] * s[j];
-}
-
-// Unit SH view direction, and the norm of mu - origin (clamped at eps as F.normalize).
-template <typename T>
-inline void view_dir(const T* mu, const T* origin, T* d, T* dir, T& norm) {
-  for (int i = 0; i < 3; ++i) d[i] = mu[i] - origin[i];
-  norm = std::max(std::sqrt(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]), T(NORM_EPS));
+// Unit SH view direction from `origin`, and |mu - origin| clamped at eps (as F.normalize).
+template <typename V, typename S>
+inline void view_dir(const V* mu, const S* origin, V* dir, V& norm) {
+  V d[3];
+  for (int i = 0; i < 3; ++i) d[i] = mu[i] - V(origin[i]);
+  norm = vmax(vsqrt(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]), V(NORM_EPS));
   for (int i = 0; i < 3; ++i) dir[i] = d[i] / norm;
 }
 
+struct Settings {
+  int64_t N, C, KS, W, H;
+  int deg, nb, tiles_x, tiles_y;
+  double near, far, radius_floor;
+  bool far_cull, pixel_rect;
+};
+
+// ------------------------------------------------------------------------------------------------ forward
+template <typename V, typename S>
+inline void forward_block(const Settings& st, const std::vector<Cam<S>>& cams, const S* mup, const S* qp,
+                          const S* lsp, const S* shp, int64_t n, S* m2, S* cn, S* dp, int32_t* rp, S* cp) {
+  using L = Lanes<V>;
+  Gauss<V> g;
+  load_gaussian<V>(mup, qp, lsp, n, g);
+  const int64_t KS3 = st.KS * 3;
+  V sh[25][3];
+  for (int k = 0; k < st.nb; ++k)
+    for (int ch = 0; ch < 3; ++ch) sh[k][ch] = L::gather(shp + n * KS3 + 3 * k + ch, KS3);
+  for (int64_t c = 0; c < st.C; ++c) {
+    const Cam<S>& cam = cams[size_t(c)];
+    const int64_t i = c * st.N + n;
+    Ewa<V> ew;
+    ewa<V, S>(cam, g, st.far_cull, S(st.near), S(st.far), ew);
+    L::scatter(dp + i, 1, ew.p[2]);
+    const V u = V(cam.fx) * ew.p[0] / ew.zs + V(cam.cx);
+    const V v = V(cam.fy) * ew.p[1] / ew.zs + V(cam.cy);
+    const V mid = V(0.5) * (ew.a + ew.c);
+    const V lam = mid + vsqrt(vmax(mid * mid - ew.det, V(st.radius_floor)));
+    const V r = vmin(vceil(V(3) * vsqrt(vmax(lam, V(0)))), V(MAX_RADIUS));
+    const Mask<V> vis = ew.ok & (r > V(0)) & rect_nonempty<V>(u, v, r, st.tiles_x, st.tiles_y, st.pixel_rect);
+    const V zero = V(0);
+    L::scatter_int(rp + i, sel(vis, r, zero));
+    L::scatter(m2 + 2 * i, 2, sel(vis, u, zero));
+    L::scatter(m2 + 2 * i + 1, 2, sel(vis, v, zero));
+    L::scatter(cn + 3 * i, 3, sel(vis, ew.c / ew.det, zero));
+    L::scatter(cn + 3 * i + 1, 3, sel(vis, -ew.b / ew.det, zero));
+    L::scatter(cn + 3 * i + 2, 3, sel(vis, ew.a / ew.det, zero));
+    V Y[25];
+    if (st.deg > 0) {
+      V dir[3], dnorm;
+      view_dir<V, S>(g.mu, cam.origin, dir, dnorm);
+      sh_basis(st.deg, dir[0], dir[1], dir[2], Y);
+    } else {
+      Y[0] = V(C0);
+    }
+    for (int ch = 0; ch < 3; ++ch) {
+      V acc = V(0);
+      for (int k = 0; k < st.nb; ++k) acc += Y[k] * sh[k][ch];
+      L::scatter(cp + 3 * i + ch, 3, vmax(acc + V(0.5), V(0)));
+    }
+  }
+}
+
+// Runs `block<V>(n)` over Gaussians [b, e): 8 at a time in float32 with AVX2, the rest one at a time.
+template <typename S, typename F>
+inline void over_gaussians(int64_t b, int64_t e, F&& block) {
+  int64_t n = b;
+#if GDS_PROJECT_AVX2
+  if constexpr (std::is_same_v<S, float>)
+    for (; n + 8 <= e; n += 8) block(F8(), n);
+#endif
+  for (; n < e; ++n) block(S(), n);
+}
+
+// ------------------------------------------------------------------------------------------------ backward
+template <typename V, typename S>
+inline void backward_block(const Settings& st, const std::vector<Cam<S>>& cams, const S* mup, const S* qp,
+                           const S* lsp, const S* shp, const int32_t* rp, const S* gm2, const S* gcn, const S* gdp,
+                           const S* gcp, int64_t n, S* gmu_p, S* gq_p, S* gls_p, S* gsh_p) {
+  using L = Lanes<V>;
+  Gauss<V> g;
+  load_gaussian<V>(mup, qp, lsp, n, g);
+  const int64_t KS3 = st.KS * 3;
+  V sh[25][3], gsh[25][3];
+  for (int k = 0; k < st.nb; ++k)
+    for (int ch = 0; ch < 3; ++ch) {
+      sh[k][ch] = L::gather(shp + n * KS3 + 3 * k + ch, KS3);
+      gsh[k][ch] = V(0);
+    }
+  const V zero = V(0);
+  V gmu[3] = {zero, zero, zero};
+  V gM[9] = {zero, zero, zero, zero, zero, zero, zero, zero, zero};
+  for (int64_t c = 0; c < st.C; ++c) {
+    const Cam<S>& cam = cams[size_t(c)];
+    const S* R = cam.R;
+    const int64_t i = c * st.N + n;
+    V gp[3] = {zero, zero, L::gather(gdp + i, 1)};  // dL/dp (camera space); depth = p.z for every entry
+    const Mask<V> vis = L::positive(rp + i);
+    if (any(vis)) {
+      Ewa<V> ew;
+      ewa<V, S>(cam, g, st.far_cull, S(st.near), S(st.far), ew);
+      const V x = ew.p[0], y = ew.p[1], z = ew.zs;
+      const V fx = V(cam.fx), fy = V(cam.fy);
+      const V iz = V(1) / z, iz2 = iz * iz, iz3 = iz2 * iz;
+      // mean2d = (fx x/z + cx, fy y/z + cy)
+      const V gu = L::gather(gm2 + 2 * i, 2), gv = L::gather(gm2 + 2 * i + 1, 2);
+      V g0 = gu * fx * iz, g1 = gv * fy * iz, g2 = -(gu * fx * x + gv * fy * y) * iz2;
+      // conic = (c, -b, a) / det
+      const V gA = L::gather(gcn + 3 * i, 3), gB = L::gather(gcn + 3 * i + 1, 3), gC = L::gather(gcn + 3 * i + 2, 3);
+      const V a = ew.a, bb = ew.b, cc = ew.c, inv = V(1) / ew.det, inv2 = inv * inv;
+      const V ga = -gA * cc * cc * inv2 + gB * bb * cc * inv2 + gC * (inv - a * cc * inv2);
+      const V gb = V(2) * gA * bb * cc * inv2 - gB * (inv + V(2) * bb * bb * inv2) + V(2) * gC * a * bb * inv2;
+      const V gc = gA * (inv - a * cc * inv2) + gB * a * bb * inv2 - gC * a * a * inv2;
+      // cov2d = Tm Tm^T (+0.3 I): dL/dTm = (G + G^T) Tm with G = [[ga, gb], [0, gc]]
+      const V* t0 = ew.Tm;
+      const V* t1 = ew.Tm + 3;
+      V gT0[3], gT1[3];
+      for (int k = 0; k < 3; ++k) {
+        gT0[k] = V(2) * ga * t0[k] + gb * t1[k];
+        gT1[k] = gb * t0[k] + V(2) * gc * t1[k];
+      }
+      // Tm = J P: dL/dJ and dL/dP
+      const V* P = ew.P;
+      V gJ00 = zero, gJ02 = zero, gJ11 = zero, gJ12 = zero;
+      for (int k = 0; k < 3; ++k) {
+        gJ00 += gT0[k] * P[k];
+        gJ02 += gT0[k] * P[6 + k];
+        gJ11 += gT1[k] * P[3 + k];
+        gJ12 += gT1[k] * P[6 + k];
+      }
+      V gP[9];
+      for (int k = 0; k < 3; ++k) {
+        gP[k] = ew.J[0] * gT0[k];
+        gP[3 + k] = ew.J[2] * gT1[k];
+        gP[6 + k] = ew.J[1] * gT0[k] + ew.J[3] * gT1[k];
+      }
+      // P = R M: dL/dM += R^T gP (visible lanes only)
+      for (int r = 0; r < 3; ++r)
+        for (int k = 0; k < 3; ++k)
+          gM[3 * r + k] += sel(vis, V(R[r]) * gP[k] + V(R[3 + r]) * gP[3 + k] + V(R[6 + r]) * gP[6 + k], zero);
+      // J = [[fx/z, 0, -fx tx/z^2], [0, fy/z, -fy ty/z^2]], tx = z clamp(x/z, +-lim)
+      g2 += -(gJ00 * fx + gJ11 * fy) * iz2 + V(2) * (gJ02 * fx * ew.tx + gJ12 * fy * ew.ty) * iz3;
+      const V gtx = -gJ02 * fx * iz2, gty = -gJ12 * fy * iz2;
+      const V lx = sel(x > zero, V(cam.lim_x), V(-cam.lim_x)), ly = sel(y > zero, V(cam.lim_y), V(-cam.lim_y));
+      g2 += sel(ew.clamp_x, gtx * lx, zero) + sel(ew.clamp_y, gty * ly, zero);
+      g0 += sel(ew.clamp_x, zero, gtx);
+      g1 += sel(ew.clamp_y, zero, gty);
+      gp[0] = sel(vis, g0, zero);
+      gp[1] = sel(vis, g1, zero);
+      gp[2] += sel(vis, g2, zero);
+    }
+    // p = R mu + t
+    for (int j = 0; j < 3; ++j) gmu[j] += V(R[j]) * gp[0] + V(R[3 + j]) * gp[1] + V(R[6 + j]) * gp[2];
+    // colour = max(sum_k Y_k sh_k + 0.5, 0)
+    V dir[3], dnorm = V(1), Y[25], gY[25];
+    if (st.deg > 0) {
+      view_dir<V, S>(g.mu, cam.origin, dir, dnorm);
+      sh_basis(st.deg, dir[0], dir[1], dir[2], Y);
+    } else {
+      Y[0] = V(C0);
+    }
+    V graw[3];
+    for (int ch = 0; ch < 3; ++ch) {
+      V acc = zero;
+      for (int k = 0; k < st.nb; ++k) acc += Y[k] * sh[k][ch];
+      graw[ch] = sel(acc + V(0.5) >= zero, L::gather(gcp + 3 * i + ch, 3), zero);
+    }
+    for (int k = 0; k < st.nb; ++k) {
+      gY[k] = zero;
+      for (int ch = 0; ch < 3; ++ch) {
+        gsh[k][ch] += Y[k] * graw[ch];
+        gY[k] += sh[k][ch] * graw[ch];
+      }
+    }
+    if (st.deg > 0) {
+      V gdir[3];
+      sh_basis_vjp(st.deg, dir[0], dir[1], dir[2], gY, gdir[0], gdir[1], gdir[2]);
+      const V dot = gdir[0] * dir[0] + gdir[1] * dir[1] + gdir[2] * dir[2];
+      for (int j = 0; j < 3; ++j) gmu[j] += (gdir[j] - dir[j] * dot) / dnorm;
+    }
+  }
+  // M = Rq diag(s): dRq and ds; s = exp(log_scale)
+  V G[9];
+  for (int r = 0; r < 3; ++r)
+    for (int j = 0; j < 3; ++j) G[3 * r + j] = gM[3 * r + j] * g.s[j];
+  for (int j = 0; j < 3; ++j)
+    L::scatter(gls_p + 3 * n + j, 3, (gM[j] * g.Rq[j] + gM[3 + j] * g.Rq[3 + j] + gM[6 + j] * g.Rq[6 + j]) * g.s[j]);
+  const V w = g.qn[0], x = g.qn[1], y = g.qn[2], z = g.qn[3], two = V(2);
+  V gqn[4];
+  gqn[0] = two * (-z * G[1] + y * G[2] + z * G[3] - x * G[5] - y * G[6] + x * G[7]);
+  gqn[1] = two * (y * G[1] + z * G[2] + y * G[3] - two * x * G[4] - w * G[5] + z * G[6] + w * G[7] - two * x * G[8]);
+  gqn[2] = two * (-two * y * G[0] + x * G[1] + w * G[2] + x * G[3] + z * G[5] - w * G[6] + z * G[7] - two * y * G[8]);
+  gqn[3] = two * (-two * z * G[0] - w * G[1] + x * G[2] + w * G[3] - two * z * G[4] + y * G[5] + x * G[6] + y * G[7]);
+  // qn = q / max(|q|, eps)
+  const V dot = gqn[0] * g.qn[0] + gqn[1] * g.qn[1] + gqn[2] * g.qn[2] + gqn[3] * g.qn[3];
+  const Mask<V> normal = g.qnorm > V(NORM_EPS);
+  for (int j = 0; j < 4; ++j)
+    L::scatter(gq_p + 4 * n + j, 4, sel(normal, (gqn[j] - g.qn[j] * dot) / g.qnorm, gqn[j] / V(NORM_EPS)));
+  for (int j = 0; j < 3; ++j) L::scatter(gmu_p + 3 * n + j, 3, gmu[j]);
+  for (int k = 0; k < st.nb; ++k)
+    for (int ch = 0; ch < 3; ++ch) L::scatter(gsh_p + n * KS3 + 3 * k + ch, KS3, gsh[k][ch]);
+}
+
+// ------------------------------------------------------------------------------------------------ entry points
 void check(const at::Tensor& means, const at::Tensor& quats, const at::Tensor& log_scales, const at::Tensor& sh,
            const at::Tensor& w2c, const at::Tensor& K, const at::Tensor& origins, int64_t sh_degree) {
   const auto dt = means.scalar_type();
@@ -263,225 +581,71 @@ void check(const at::Tensor& means, const at::Tensor& quats, const at::Tensor& l
   TORCH_CHECK(C * N < (int64_t(1) << 31), "gdensify cpu projection: C*N must fit in int32");
 }
 
-template <typename T>
+Settings settings(const at::Tensor& means, const at::Tensor& sh, const at::Tensor& w2c, int64_t W, int64_t H,
+                  double near, double far, bool far_cull, double radius_floor, bool pixel_rect, int64_t deg) {
+  Settings st;
+  st.N = means.size(0);
+  st.C = w2c.size(0);
+  st.KS = sh.size(1);
+  st.W = W;
+  st.H = H;
+  st.deg = int(deg);
+  st.nb = int((deg + 1) * (deg + 1));
+  st.tiles_x = int((W + TS - 1) / TS);
+  st.tiles_y = int((H + TS - 1) / TS);
+  st.near = near;
+  st.far = far;
+  st.radius_floor = radius_floor;
+  st.far_cull = far_cull;
+  st.pixel_rect = pixel_rect;
+  return st;
+}
+
+template <typename S>
 std::vector<at::Tensor> forward_impl(const at::Tensor& means, const at::Tensor& quats, const at::Tensor& log_scales,
                                      const at::Tensor& sh, const at::Tensor& w2c, const at::Tensor& K,
-                                     const at::Tensor& origins, int64_t W, int64_t H, double near, double far,
-                                     bool far_cull, double radius_floor, bool pixel_rect, int64_t deg) {
-  const int64_t N = means.size(0), C = w2c.size(0), KS = sh.size(1);
-  const int nb = int((deg + 1) * (deg + 1));
+                                     const at::Tensor& origins, const Settings& st) {
+  const int64_t N = st.N, C = st.C;
   const auto opts = at::TensorOptions().dtype(means.scalar_type());
   at::Tensor means2d = at::empty({C, N, 2}, opts), conics = at::empty({C, N, 3}, opts);
   at::Tensor depths = at::empty({C, N}, opts), colors = at::empty({C, N, 3}, opts);
   at::Tensor radii = at::empty({C, N}, opts.dtype(at::kInt));
-  const std::vector<Cam<T>> cams = load_cameras<T>(w2c, K, origins, W, H);
-  const int tiles_x = int((W + TS - 1) / TS), tiles_y = int((H + TS - 1) / TS);
-  const T* mup = means.data_ptr<T>();
-  const T* qp = quats.data_ptr<T>();
-  const T* lsp = log_scales.data_ptr<T>();
-  const T* shp = sh.data_ptr<T>();
-  T *m2 = means2d.data_ptr<T>(), *cn = conics.data_ptr<T>(), *dp = depths.data_ptr<T>(), *cp = colors.data_ptr<T>();
+  const std::vector<Cam<S>> cams = load_cameras<S>(w2c, K, origins, st.W, st.H);
+  const S *mup = means.data_ptr<S>(), *qp = quats.data_ptr<S>(), *lsp = log_scales.data_ptr<S>(),
+          *shp = sh.data_ptr<S>();
+  S *m2 = means2d.data_ptr<S>(), *cn = conics.data_ptr<S>(), *dp = depths.data_ptr<S>(), *cp = colors.data_ptr<S>();
   int32_t* rp = radii.data_ptr<int32_t>();
-  const T tnear = T(near), tfar = T(far), floor_ = T(radius_floor);
   at::parallel_for(0, N, kGrain, [&](int64_t b, int64_t e) {
-    for (int64_t n = b; n < e; ++n) {
-      const T* mu = mup + 3 * n;
-      T M[9], Rq[9], qn[4], qnorm, s[3];
-      gaussian_m(qp + 4 * n, lsp + 3 * n, M, Rq, qn, qnorm, s);
-      const T* shn = shp + n * KS * 3;
-      for (int64_t c = 0; c < C; ++c) {
-        const Cam<T>& cam = cams[size_t(c)];
-        const int64_t i = c * N + n;
-        Ewa<T> ew;
-        ewa(cam, mu, M, far_cull, tnear, tfar, ew);
-        dp[i] = ew.p[2];
-        int32_t radius = 0;
-        T u = 0, v = 0;
-        if (ew.ok) {
-          const T zs = ew.p[2];
-          u = cam.fx * ew.p[0] / zs + cam.cx;
-          v = cam.fy * ew.p[1] / zs + cam.cy;
-          const T mid = T(0.5) * (ew.a + ew.c);
-          const T lam = mid + std::sqrt(std::max(mid * mid - ew.det, floor_));
-          T r = std::ceil(T(3) * std::sqrt(std::max(lam, T(0))));
-          r = std::min(r, T(MAX_RADIUS));
-          if (r > T(0) && rect_nonempty(u, v, r, tiles_x, tiles_y, pixel_rect)) radius = int32_t(r);
-        }
-        rp[i] = radius;
-        if (radius > 0) {
-          m2[2 * i] = u;
-          m2[2 * i + 1] = v;
-          cn[3 * i] = ew.c / ew.det;
-          cn[3 * i + 1] = -ew.b / ew.det;
-          cn[3 * i + 2] = ew.a / ew.det;
-        } else {
-          m2[2 * i] = m2[2 * i + 1] = T(0);
-          cn[3 * i] = cn[3 * i + 1] = cn[3 * i + 2] = T(0);
-        }
-        T Y[25];
-        if (deg > 0) {
-          T d[3], dir[3], dnorm;
-          view_dir(mu, cam.origin, d, dir, dnorm);
-          sh_basis(int(deg), dir[0], dir[1], dir[2], Y);
-        } else {
-          Y[0] = T(C0);
-        }
-        for (int ch = 0; ch < 3; ++ch) {
-          T acc = 0;
-          for (int k = 0; k < nb; ++k) acc += Y[k] * shn[3 * k + ch];
-          cp[3 * i + ch] = std::max(acc + T(0.5), T(0));
-        }
-      }
-    }
+    over_gaussians<S>(b, e, [&](auto lane, int64_t n) {
+      forward_block<decltype(lane), S>(st, cams, mup, qp, lsp, shp, n, m2, cn, dp, rp, cp);
+    });
   });
   return {means2d, conics, depths, radii, colors};
 }
 
-template <typename T>
+template <typename S>
 std::vector<at::Tensor> backward_impl(const at::Tensor& means, const at::Tensor& quats, const at::Tensor& log_scales,
                                       const at::Tensor& sh, const at::Tensor& w2c, const at::Tensor& K,
-                                      const at::Tensor& origins, const at::Tensor& radii, int64_t W, int64_t H,
-                                      double near, double far, bool far_cull, int64_t deg,
+                                      const at::Tensor& origins, const at::Tensor& radii, const Settings& st,
                                       const at::Tensor& g_means2d, const at::Tensor& g_conics,
                                       const at::Tensor& g_depths, const at::Tensor& g_colors) {
-  const int64_t N = means.size(0), C = w2c.size(0), KS = sh.size(1);
-  const int nb = int((deg + 1) * (deg + 1));
+  const int64_t N = st.N;
   const auto opts = at::TensorOptions().dtype(means.scalar_type());
   at::Tensor g_means = at::empty({N, 3}, opts), g_quats = at::empty({N, 4}, opts);
-  at::Tensor g_ls = at::empty({N, 3}, opts), g_sh = at::zeros({N, KS, 3}, opts);
-  const std::vector<Cam<T>> cams = load_cameras<T>(w2c, K, origins, W, H);
-  const T* mup = means.data_ptr<T>();
-  const T* qp = quats.data_ptr<T>();
-  const T* lsp = log_scales.data_ptr<T>();
-  const T* shp = sh.data_ptr<T>();
+  at::Tensor g_ls = at::empty({N, 3}, opts), g_sh = at::zeros({N, st.KS, 3}, opts);
+  const std::vector<Cam<S>> cams = load_cameras<S>(w2c, K, origins, st.W, st.H);
+  const S *mup = means.data_ptr<S>(), *qp = quats.data_ptr<S>(), *lsp = log_scales.data_ptr<S>(),
+          *shp = sh.data_ptr<S>();
   const int32_t* rp = radii.data_ptr<int32_t>();
-  const T *gm2 = g_means2d.data_ptr<T>(), *gcn = g_conics.data_ptr<T>(), *gdp = g_depths.data_ptr<T>(),
-          *gcp = g_colors.data_ptr<T>();
-  T *gmu_p = g_means.data_ptr<T>(), *gq_p = g_quats.data_ptr<T>(), *gls_p = g_ls.data_ptr<T>(),
-    *gsh_p = g_sh.data_ptr<T>();
-  const T tnear = T(near), tfar = T(far);
+  const S *gm2 = g_means2d.data_ptr<S>(), *gcn = g_conics.data_ptr<S>(), *gdp = g_depths.data_ptr<S>(),
+          *gcp = g_colors.data_ptr<S>();
+  S *gmu_p = g_means.data_ptr<S>(), *gq_p = g_quats.data_ptr<S>(), *gls_p = g_ls.data_ptr<S>(),
+    *gsh_p = g_sh.data_ptr<S>();
   at::parallel_for(0, N, kGrain, [&](int64_t b, int64_t e) {
-    for (int64_t n = b; n < e; ++n) {
-      const T* mu = mup + 3 * n;
-      T M[9], Rq[9], qn[4], qnorm, s[3];
-      gaussian_m(qp + 4 * n, lsp + 3 * n, M, Rq, qn, qnorm, s);
-      const T* shn = shp + n * KS * 3;
-      T* gshn = gsh_p + n * KS * 3;
-      T gmu[3] = {0, 0, 0}, gM[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
-      for (int64_t c = 0; c < C; ++c) {
-        const Cam<T>& cam = cams[size_t(c)];
-        const T* R = cam.R;
-        const int64_t i = c * N + n;
-        T gp[3] = {0, 0, gdp[i]};  // dL/dp (camera space); depth = p.z for every entry
-        if (rp[i] > 0) {
-          Ewa<T> ew;
-          ewa(cam, mu, M, far_cull, tnear, tfar, ew);
-          const T x = ew.p[0], y = ew.p[1], z = ew.p[2];
-          const T iz = T(1) / z, iz2 = iz * iz, iz3 = iz2 * iz;
-          // mean2d
-          const T gu = gm2[2 * i], gv = gm2[2 * i + 1];
-          gp[0] += gu * cam.fx * iz;
-          gp[1] += gv * cam.fy * iz;
-          gp[2] += -(gu * cam.fx * x + gv * cam.fy * y) * iz2;
-          // conic = (c, -b, a) / det
-          const T gA = gcn[3 * i], gB = gcn[3 * i + 1], gC = gcn[3 * i + 2];
-          const T a = ew.a, bb = ew.b, cc = ew.c, inv = T(1) / ew.det, inv2 = inv * inv;
-          const T ga = -gA * cc * cc * inv2 + gB * bb * cc * inv2 + gC * (inv - a * cc * inv2);
-          const T gb = 2 * gA * bb * cc * inv2 - gB * (inv + 2 * bb * bb * inv2) + 2 * gC * a * bb * inv2;
-          const T gc = gA * (inv - a * cc * inv2) + gB * a * bb * inv2 - gC * a * a * inv2;
-          // cov2d = Tm Tm^T (+0.3 I): dL/dTm = (G + G^T) Tm with G = [[ga, gb], [0, gc]]
-          const T* t0 = ew.Tm;
-          const T* t1 = ew.Tm + 3;
-          T gT0[3], gT1[3];
-          for (int k = 0; k < 3; ++k) {
-            gT0[k] = 2 * ga * t0[k] + gb * t1[k];
-            gT1[k] = gb * t0[k] + 2 * gc * t1[k];
-          }
-          // Tm = J P: dL/dJ and dL/dP
-          const T* P = ew.P;
-          T gJ00 = 0, gJ02 = 0, gJ11 = 0, gJ12 = 0;
-          for (int k = 0; k < 3; ++k) {
-            gJ00 += gT0[k] * P[k];
-            gJ02 += gT0[k] * P[6 + k];
-            gJ11 += gT1[k] * P[3 + k];
-            gJ12 += gT1[k] * P[6 + k];
-          }
-          T gP[9];
-          for (int k = 0; k < 3; ++k) {
-            gP[k] = ew.J[0] * gT0[k];
-            gP[3 + k] = ew.J[2] * gT1[k];
-            gP[6 + k] = ew.J[1] * gT0[k] + ew.J[3] * gT1[k];
-          }
-          // P = R M: dL/dM += R^T gP
-          for (int r = 0; r < 3; ++r)
-            for (int k = 0; k < 3; ++k) gM[3 * r + k] += R[r] * gP[k] + R[3 + r] * gP[3 + k] + R[6 + r] * gP[6 + k];
-          // J = [[fx/z, 0, -fx tx/z^2], [0, fy/z, -fy ty/z^2]], tx = z clamp(x/z, +-lim)
-          gp[2] += -(gJ00 * cam.fx + gJ11 * cam.fy) * iz2 + 2 * (gJ02 * cam.fx * ew.tx + gJ12 * cam.fy * ew.ty) * iz3;
-          const T gtx = -gJ02 * cam.fx * iz2, gty = -gJ12 * cam.fy * iz2;
-          if (ew.clamp_x)
-            gp[2] += gtx * (x > 0 ? cam.lim_x : -cam.lim_x);
-          else
-            gp[0] += gtx;
-          if (ew.clamp_y)
-            gp[2] += gty * (y > 0 ? cam.lim_y : -cam.lim_y);
-          else
-            gp[1] += gty;
-        }
-        // p = R mu + t
-        for (int j = 0; j < 3; ++j) gmu[j] += R[j] * gp[0] + R[3 + j] * gp[1] + R[6 + j] * gp[2];
-        // colour = max(sum_k Y_k sh_k + 0.5, 0)
-        T d[3], dir[3], dnorm = T(1), Y[25], gY[25];
-        if (deg > 0) {
-          view_dir(mu, cam.origin, d, dir, dnorm);
-          sh_basis(int(deg), dir[0], dir[1], dir[2], Y);
-        } else {
-          Y[0] = T(C0);
-        }
-        T graw[3];
-        bool any = false;
-        for (int ch = 0; ch < 3; ++ch) {
-          T acc = 0;
-          for (int k = 0; k < nb; ++k) acc += Y[k] * shn[3 * k + ch];
-          graw[ch] = acc + T(0.5) >= T(0) ? gcp[3 * i + ch] : T(0);
-          any = any || graw[ch] != T(0);
-        }
-        if (!any) continue;
-        for (int k = 0; k < nb; ++k) {
-          gY[k] = 0;
-          for (int ch = 0; ch < 3; ++ch) {
-            gshn[3 * k + ch] += Y[k] * graw[ch];
-            gY[k] += shn[3 * k + ch] * graw[ch];
-          }
-        }
-        if (deg > 0) {
-          T gdir[3];
-          sh_basis_vjp(int(deg), dir[0], dir[1], dir[2], gY, gdir[0], gdir[1], gdir[2]);
-          const T dot = gdir[0] * dir[0] + gdir[1] * dir[1] + gdir[2] * dir[2];
-          for (int j = 0; j < 3; ++j) gmu[j] += (gdir[j] - dir[j] * dot) / dnorm;
-        }
-      }
-      // M = Rq diag(s): dRq and ds; s = exp(log_scale)
-      T gRq[9];
-      for (int r = 0; r < 3; ++r)
-        for (int j = 0; j < 3; ++j) gRq[3 * r + j] = gM[3 * r + j] * s[j];
-      for (int j = 0; j < 3; ++j)
-        gls_p[3 * n + j] = (gM[j] * Rq[j] + gM[3 + j] * Rq[3 + j] + gM[6 + j] * Rq[6 + j]) * s[j];
-      const T w = qn[0], x = qn[1], y = qn[2], z = qn[3];
-      const T* G = gRq;
-      T gqn[4];
-      gqn[0] = 2 * (-z * G[1] + y * G[2] + z * G[3] - x * G[5] - y * G[6] + x * G[7]);
-      gqn[1] = 2 * (y * G[1] + z * G[2] + y * G[3] - 2 * x * G[4] - w * G[5] + z * G[6] + w * G[7] - 2 * x * G[8]);
-      gqn[2] = 2 * (-2 * y * G[0] + x * G[1] + w * G[2] + x * G[3] + z * G[5] - w * G[6] + z * G[7] - 2 * y * G[8]);
-      gqn[3] = 2 * (-2 * z * G[0] - w * G[1] + x * G[2] + w * G[3] - 2 * z * G[4] + y * G[5] + x * G[6] + y * G[7]);
-      // qn = q / max(|q|, eps)
-      if (qnorm > T(NORM_EPS)) {
-        const T dot = gqn[0] * qn[0] + gqn[1] * qn[1] + gqn[2] * qn[2] + gqn[3] * qn[3];
-        for (int j = 0; j < 4; ++j) gq_p[4 * n + j] = (gqn[j] - qn[j] * dot) / qnorm;
-      } else {
-        for (int j = 0; j < 4; ++j) gq_p[4 * n + j] = gqn[j] / T(NORM_EPS);
-      }
-      for (int j = 0; j < 3; ++j) gmu_p[3 * n + j] = gmu[j];
-    }
+    over_gaussians<S>(b, e, [&](auto lane, int64_t n) {
+      backward_block<decltype(lane), S>(st, cams, mup, qp, lsp, shp, rp, gm2, gcn, gdp, gcp, n, gmu_p, gq_p, gls_p,
+                                        gsh_p);
+    });
   });
   return {g_means, g_quats, g_ls, g_sh};
 }
@@ -493,11 +657,9 @@ std::vector<at::Tensor> project_forward(const at::Tensor& means, const at::Tenso
                                         bool pixel_rect, int64_t sh_degree) {
   check(means, quats, log_scales, sh, w2c, K, origins, sh_degree);
   TORCH_CHECK(W > 0 && H > 0, "image size must be positive");
-  if (means.scalar_type() == at::kFloat)
-    return forward_impl<float>(means, quats, log_scales, sh, w2c, K, origins, W, H, near, far, far_cull,
-                               radius_floor, pixel_rect, sh_degree);
-  return forward_impl<double>(means, quats, log_scales, sh, w2c, K, origins, W, H, near, far, far_cull,
-                              radius_floor, pixel_rect, sh_degree);
+  const Settings st = settings(means, sh, w2c, W, H, near, far, far_cull, radius_floor, pixel_rect, sh_degree);
+  if (means.scalar_type() == at::kFloat) return forward_impl<float>(means, quats, log_scales, sh, w2c, K, origins, st);
+  return forward_impl<double>(means, quats, log_scales, sh, w2c, K, origins, st);
 }
 
 std::vector<at::Tensor> project_backward(const at::Tensor& means, const at::Tensor& quats,
@@ -517,11 +679,12 @@ std::vector<at::Tensor> project_backward(const at::Tensor& means, const at::Tens
   TORCH_CHECK(g_means2d.numel() == C * N * 2 && g_conics.numel() == C * N * 3 && g_depths.numel() == C * N &&
                   g_colors.numel() == C * N * 3,
               "gdensify cpu projection backward: gradient sizes");
+  const Settings st = settings(means, sh, w2c, W, H, near, far, far_cull, 0.0, false, sh_degree);
   if (dt == at::kFloat)
-    return backward_impl<float>(means, quats, log_scales, sh, w2c, K, origins, radii, W, H, near, far, far_cull,
-                                sh_degree, g_means2d, g_conics, g_depths, g_colors);
-  return backward_impl<double>(means, quats, log_scales, sh, w2c, K, origins, radii, W, H, near, far, far_cull,
-                               sh_degree, g_means2d, g_conics, g_depths, g_colors);
+    return backward_impl<float>(means, quats, log_scales, sh, w2c, K, origins, radii, st, g_means2d, g_conics,
+                                g_depths, g_colors);
+  return backward_impl<double>(means, quats, log_scales, sh, w2c, K, origins, radii, st, g_means2d, g_conics,
+                               g_depths, g_colors);
 }
 
 }  // namespace gds_project

@@ -54,6 +54,8 @@
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
+
+#include "exp_avx2.h"
 #define GDS_HAVE_AVX2 1
 #else
 #define GDS_HAVE_AVX2 0
@@ -419,28 +421,7 @@ struct VecF8 {
   friend VecF8 vabs(const VecF8& a) {
     return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a.x);
   }
-  // exp for float, Cephes-style (range reduction by ln 2 in two parts, degree-5 polynomial): about 1 ulp.
-  friend VecF8 vexp(const VecF8& a) {
-    __m256 x = _mm256_min_ps(a.x, _mm256_set1_ps(88.3762626647949f));
-    x = _mm256_max_ps(x, _mm256_set1_ps(-88.3762626647949f));
-    __m256 fx = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f));
-    fx = _mm256_floor_ps(fx);
-    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
-    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
-    __m256 z = _mm256_mul_ps(x, x);
-    __m256 y = _mm256_set1_ps(1.9875691500E-4f);
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507E-3f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073E-3f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894E-2f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459E-1f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201E-1f));
-    y = _mm256_fmadd_ps(y, z, x);
-    y = _mm256_add_ps(y, _mm256_set1_ps(1.0f));
-    __m256i e = _mm256_cvttps_epi32(fx);
-    e = _mm256_add_epi32(e, _mm256_set1_epi32(127));
-    e = _mm256_slli_epi32(e, 23);
-    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-  }
+  friend VecF8 vexp(const VecF8& a) { return gds_exp_avx2(a.x); }  // about 1 ulp (exp_avx2.h)
   friend M operator&(const M& a, const M& b) { return {_mm256_and_ps(a.m, b.m)}; }
   friend M andnot(const M& a, const M& b) { return {_mm256_andnot_ps(b.m, a.m)}; }
   static bool any(const M& m) { return _mm256_movemask_ps(m.m) != 0; }

@@ -7,11 +7,11 @@ backward recomputes alphas back to front instead of storing per-(pixel, Gaussian
 `project_cpu` is the C++ twin of `projection.project` (same outputs, hand-written backward instead of autograd;
 tested against it), the cpu backend's default projection.
 
-The kernels (`gdensify/csrc/rasterize.cpp` and `project.cpp`, shipped as package data) are compiled on first use
-with `torch.utils.cpp_extension.load` into one library, cached in the torch extensions directory
-(`$TORCH_EXTENSIONS_DIR`, default `~/.cache/torch_extensions/pyXY_cpu`) as `gdensify_raster_<hash>.so`, the hash
-covering the sources, the compiler flags and the torch version: an edited source rebuilds, and builds for different instruction sets live side by
-side. An existing library is loaded directly; a missing one is built in a private temporary folder and published
+The kernels (`gdensify/csrc/rasterize.cpp` and `project.cpp`, with `exp_avx2.h`; shipped as package data) are
+compiled on first use with `torch.utils.cpp_extension.load` into one library, cached in the torch extensions
+directory (`$TORCH_EXTENSIONS_DIR`, default `~/.cache/torch_extensions/pyXY_cpu`) as `gdensify_raster_<hash>.so`,
+the hash covering the sources, the compiler flags and the torch version: an edited source rebuilds, and builds for
+different instruction sets live side by side. An existing library is loaded directly; a missing one is built in a private temporary folder and published
 with an atomic rename, so concurrent processes never wait on a lock (torch's own lock file is left behind forever
 when a build is killed, and every later process would then hang).
 
@@ -58,6 +58,7 @@ from .rules import DEFAULT_RULES, RasterRules
 
 _CSRC = Path(__file__).resolve().parent.parent / "csrc"
 _SOURCES = (_CSRC / "rasterize.cpp", _CSRC / "project.cpp")
+_HEADERS = (_CSRC / "exp_avx2.h",)
 _lock = threading.Lock()
 # Stage timings (seconds) of the latest call, for profiling: pack_s, bin_s (depth sort + tile lists), forward_s
 # (compositing), isects (tile-Gaussian pairs); after a backward also backward_setup_s, backward_s, backward_reduce_s.
@@ -103,7 +104,7 @@ def _load():
     with _lock:
         if _module is not None:
             return _module
-        missing = [str(src) for src in _SOURCES if not src.is_file()]
+        missing = [str(src) for src in (*_SOURCES, *_HEADERS) if not src.is_file()]
         if missing:
             raise RuntimeError(f"gdensify cpu backend: kernel source {missing[0]} is missing from the installation")
         if _compiler() is None:
@@ -112,8 +113,8 @@ def _load():
                       "install one (e.g. `apt-get install g++`) or set $CXX, or use backend='reference'")
             raise RuntimeError(_error)
         flags = _build_flags()
-        digest = hashlib.sha256(b"".join(src.read_bytes() for src in _SOURCES) + " ".join(flags).encode()
-                                + torch.__version__.encode())
+        sources = b"".join(src.read_bytes() for src in (*_SOURCES, *_HEADERS))
+        digest = hashlib.sha256(sources + " ".join(flags).encode() + torch.__version__.encode())
         name = f"gdensify_raster_{digest.hexdigest()[:16]}"
         try:
             build_dir = _build_directory(name)
