@@ -11,9 +11,9 @@ The kernels (`gdensify/csrc/rasterize.cpp` and `project.cpp`, with `exp_avx2.h`;
 compiled on first use with `torch.utils.cpp_extension.load` into one library, cached in the torch extensions
 directory (`$TORCH_EXTENSIONS_DIR`, default `~/.cache/torch_extensions/pyXY_cpu`) as `gdensify_raster_<hash>.so`,
 the hash covering the sources, the compiler flags and the torch version: an edited source rebuilds, and builds for
-different instruction sets live side by side. An existing library is loaded directly; a missing one is built in a private temporary folder and published
-with an atomic rename, so concurrent processes never wait on a lock (torch's own lock file is left behind forever
-when a build is killed, and every later process would then hang).
+different instruction sets live side by side. An existing library is loaded directly; a missing one is built in a
+private temporary folder and published with an atomic rename, so concurrent processes never wait on a lock (torch's
+own lock file is left behind forever when a build is killed, and every later process would then hang).
 
 Compiler flags: `-O3 -fopenmp -ffp-contract=off`, plus `-mavx2 -mfma` when this CPU has AVX2 and FMA (as detected by
 PyTorch's own dispatcher, `torch.backends.cpu.get_cpu_capability()`, which `ATEN_CPU_CAPABILITY` can lower). Not
@@ -157,7 +157,8 @@ def _build(name: str, flags: list[str], build_dir: Path, library: Path) -> None:
     try:
         # The kernel registers its functions as torch.ops.<name>.* (TORCH_LIBRARY), not as a pybind module: it
         # then needs only light ATen headers and compiles several times faster.
-        cpp_extension.load(name=name, sources=[str(src) for src in _SOURCES], extra_cflags=flags, extra_ldflags=["-fopenmp"],
+        cpp_extension.load(name=name, sources=[str(src) for src in _SOURCES], extra_cflags=flags,
+                           extra_ldflags=["-fopenmp"],
                            build_directory=str(tmp), is_python_module=False, verbose=False)
         os.replace(tmp / f"{name}.so", library)
     finally:

@@ -133,7 +133,8 @@ def rasterize_gsplat(
         means=means, quats=gaussians.quats, scales=gaussians.scales, opacities=gaussians.opacities,
         colors=gaussians.sh, viewmats=cameras.world_to_camera.to(torch.float32),
         Ks=cameras.intrinsics.to(torch.float32), width=width, height=height,
-        near_plane=float(cameras.near), far_plane=float(cameras.far) if rules.far_cull else float("inf"), eps2d=0.3, sh_degree=int(sh_degree),
+        near_plane=float(cameras.near), far_plane=float(cameras.far) if rules.far_cull else float("inf"), eps2d=0.3,
+        sh_degree=int(sh_degree),
         packed=False, tile_size=16, backgrounds=background.to(torch.float32).contiguous(),
         render_mode="RGB+D", absgrad=True, rasterize_mode="classic")
     means2d = meta["means2d"]
