@@ -194,6 +194,9 @@ def projection_benchmark(n: int = 200_000, size: int = 512, repeats: int = 5, th
     only = {"torch_projection_only_s": statistics.median(alone["torch"]),
             "cpp_projection_only_s": statistics.median(alone["cpp"])}
     only_ratio = only["torch_projection_only_s"] / only["cpp_projection_only_s"]
+    target = ""
+    if (n, size, threads) == (200_000, 512, 1):  # the target of issue 18 is set for this cell
+        target = f" (target ≥ 2×: {'met' if ratio >= 2 else 'NOT met'})"
     print(f"cpu backend forward+backward, {_fmt_n(n)} Gaussians @ {size}², {threads} thread(s), median of {repeats} "
           f"(alternating), float32, torch {torch.__version__}, OMP_WAIT_POLICY="
           f"{os.environ.get('OMP_WAIT_POLICY', 'default')}, load average {_loadavg()}\n\n"
@@ -202,8 +205,8 @@ def projection_benchmark(n: int = 200_000, size: int = 512, repeats: int = 5, th
           + "".join(f"| {name} | {statistics.median(times[k]):.3f} | {min(times[k]):.3f} | {max(times[k]):.3f} | "
                     f"{statistics.median(alone[k]):.4f} |\n" for name, k in (("PyTorch twin", "torch"),
                                                                              ("C++", "cpp")))
-          + f"\nwhole render with the C++ projection: {ratio:.2f}× faster (target ≥ 2×: "
-          f"{'met' if ratio >= 2 else 'NOT met'}); the projection alone: {only_ratio:.1f}× faster", flush=True)
+          + f"\nwhole render with the C++ projection: {ratio:.2f}× faster{target}; the projection alone: "
+          f"{only_ratio:.1f}× faster", flush=True)
     return {**result, "ratio": ratio, **only, "projection_only_ratio": only_ratio, "n": n, "size": size,
             "threads": threads, "repeats": repeats}
 

@@ -375,5 +375,5 @@ def test_projection_benchmark_runs_small(capsys):
     result = bench.projection_benchmark(n=500, size=32, repeats=1, threads=1)
     assert result["torch_projection_s"] > 0 and result["cpp_projection_s"] > 0
     out = capsys.readouterr().out
-    assert "PyTorch twin" in out and "C++" in out and "speed-up" in out
+    assert "PyTorch twin" in out and "C++" in out and "× faster" in out
 
