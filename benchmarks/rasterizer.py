@@ -195,7 +195,7 @@ def projection_benchmark(n: int = 200_000, size: int = 512, repeats: int = 5, th
             "cpp_projection_only_s": statistics.median(alone["cpp"])}
     only_ratio = only["torch_projection_only_s"] / only["cpp_projection_only_s"]
     target = ""
-    if (n, size, threads) == (200_000, 512, 1):  # the target of issue 18 is set for this cell
+    if (n, size, threads) == (200_000, 512, 1):  # the speed target is set for this cell
         target = f" (target ≥ 2×: {'met' if ratio >= 2 else 'NOT met'})"
     print(f"cpu backend forward+backward, {_fmt_n(n)} Gaussians @ {size}², {threads} thread(s), median of {repeats} "
           f"(alternating), float32, torch {torch.__version__}, OMP_WAIT_POLICY="

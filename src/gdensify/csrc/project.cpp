@@ -18,8 +18,6 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
@@ -29,6 +27,8 @@
 #include <limits>
 #include <type_traits>
 #include <vector>
+
+#include "pool.h"
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -555,8 +555,8 @@ inline void backward_block(const Settings& st, const std::vector<Cam<S>>& cams, 
   for (int j = 0; j < 4; ++j)
     L::scatter(gq_p + 4 * n + j, 4, sel(normal, (gqn[j] - g.qn[j] * dot) / g.qnorm, gqn[j] / V(NORM_EPS)));
   for (int j = 0; j < 3; ++j) L::scatter(gmu_p + 3 * n + j, 3, gmu[j]);
-  for (int k = 0; k < st.nb; ++k)
-    for (int ch = 0; ch < 3; ++ch) L::scatter(gsh_p + n * KS3 + 3 * k + ch, KS3, gsh[k][ch]);
+  for (int k = 0; k < st.KS; ++k)  // coefficients above the active degree get zeros
+    for (int ch = 0; ch < 3; ++ch) L::scatter(gsh_p + n * KS3 + 3 * k + ch, KS3, k < st.nb ? gsh[k][ch] : zero);
 }
 
 // ------------------------------------------------------------------------------------------------ entry points
@@ -606,10 +606,11 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& means, const at::Tensor& 
                                      const at::Tensor& sh, const at::Tensor& w2c, const at::Tensor& K,
                                      const at::Tensor& origins, const Settings& st) {
   const int64_t N = st.N, C = st.C;
-  const auto opts = at::TensorOptions().dtype(means.scalar_type());
-  at::Tensor means2d = at::empty({C, N, 2}, opts), conics = at::empty({C, N, 3}, opts);
-  at::Tensor depths = at::empty({C, N}, opts), colors = at::empty({C, N, 3}, opts);
-  at::Tensor radii = at::empty({C, N}, opts.dtype(at::kInt));
+  const auto dt = means.scalar_type();
+  // outputs from the rasterizer's block cache (no first-touch page faults on every call)
+  at::Tensor means2d = gds::pooled_empty({C, N, 2}, dt), conics = gds::pooled_empty({C, N, 3}, dt);
+  at::Tensor depths = gds::pooled_empty({C, N}, dt), colors = gds::pooled_empty({C, N, 3}, dt);
+  at::Tensor radii = gds::pooled_empty({C, N}, at::kInt);
   const std::vector<Cam<S>> cams = load_cameras<S>(w2c, K, origins, st.W, st.H);
   const S *mup = means.data_ptr<S>(), *qp = quats.data_ptr<S>(), *lsp = log_scales.data_ptr<S>(),
           *shp = sh.data_ptr<S>();
@@ -630,9 +631,9 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& means, const at::Tensor&
                                       const at::Tensor& g_means2d, const at::Tensor& g_conics,
                                       const at::Tensor& g_depths, const at::Tensor& g_colors) {
   const int64_t N = st.N;
-  const auto opts = at::TensorOptions().dtype(means.scalar_type());
-  at::Tensor g_means = at::empty({N, 3}, opts), g_quats = at::empty({N, 4}, opts);
-  at::Tensor g_ls = at::empty({N, 3}, opts), g_sh = at::zeros({N, st.KS, 3}, opts);
+  const auto dt = means.scalar_type();
+  at::Tensor g_means = gds::pooled_empty({N, 3}, dt), g_quats = gds::pooled_empty({N, 4}, dt);
+  at::Tensor g_ls = gds::pooled_empty({N, 3}, dt), g_sh = gds::pooled_empty({N, st.KS, 3}, dt);
   const std::vector<Cam<S>> cams = load_cameras<S>(w2c, K, origins, st.W, st.H);
   const S *mup = means.data_ptr<S>(), *qp = quats.data_ptr<S>(), *lsp = log_scales.data_ptr<S>(),
           *shp = sh.data_ptr<S>();

@@ -7,7 +7,7 @@ backward recomputes alphas back to front instead of storing per-(pixel, Gaussian
 `project_cpu` is the C++ twin of `projection.project` (same outputs, hand-written backward instead of autograd;
 tested against it), the cpu backend's default projection.
 
-The kernels (`gdensify/csrc/rasterize.cpp` and `project.cpp`, with `exp_avx2.h`; shipped as package data) are
+The kernels (`gdensify/csrc/rasterize.cpp` and `project.cpp`, with two headers; shipped as package data) are
 compiled on first use with `torch.utils.cpp_extension.load` into one library, cached in the torch extensions
 directory (`$TORCH_EXTENSIONS_DIR`, default `~/.cache/torch_extensions/pyXY_cpu`) as `gdensify_raster_<hash>.so`,
 the hash covering the sources, the compiler flags and the torch version: an edited source rebuilds, and builds for
@@ -58,7 +58,7 @@ from .rules import DEFAULT_RULES, RasterRules
 
 _CSRC = Path(__file__).resolve().parent.parent / "csrc"
 _SOURCES = (_CSRC / "rasterize.cpp", _CSRC / "project.cpp")
-_HEADERS = (_CSRC / "exp_avx2.h",)
+_HEADERS = (_CSRC / "exp_avx2.h", _CSRC / "pool.h")
 _lock = threading.Lock()
 # Stage timings (seconds) of the latest call, for profiling: pack_s, bin_s (depth sort + tile lists), forward_s
 # (compositing), isects (tile-Gaussian pairs); after a backward also backward_setup_s, backward_s, backward_reduce_s.
