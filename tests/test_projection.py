@@ -287,6 +287,21 @@ def test_cpp_projection_float32_within_rounding_of_the_twin(rules, sh_degree):
 
 
 @needs_cxx
+def test_cpp_projection_does_not_depend_on_the_thread_count():
+    g, cams = mixed_scene(2, dtype=torch.float32, seed=6, n=4003)
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            runs.append(project_both(g, cams, RasterRules())[1])
+    finally:
+        torch.set_num_threads(threads)
+    for outs, grads in runs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(outs + grads, runs[0][0] + runs[0][1]))
+
+
+@needs_cxx
 @pytest.mark.parametrize("rules", ["default", "gd_object_release"])
 def test_cpp_projection_gradcheck(rules):
     """Finite differences of every output of the C++ projection w.r.t. every Gaussian parameter (SH degree 3,

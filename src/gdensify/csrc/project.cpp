@@ -419,15 +419,26 @@ inline void forward_block(const Settings& st, const std::vector<Cam<S>>& cams, c
   }
 }
 
-// Runs `block<V>(n)` over Gaussians [b, e): 8 at a time in float32 with AVX2, the rest one at a time.
+// Runs `block(lane, n)` over all N Gaussians in parallel, in fixed groups [8k, 8k + 8): a full group as one F8
+// (float32 with AVX2), otherwise one scalar at a time. The groups do not depend on the thread count, so neither do
+// the results.
 template <typename S, typename F>
-inline void over_gaussians(int64_t b, int64_t e, F&& block) {
-  int64_t n = b;
+inline void over_gaussians(int64_t N, F&& block) {
+  constexpr int64_t G = 8;
+  at::parallel_for(0, (N + G - 1) / G, kGrain / G, [&](int64_t b, int64_t e) {
+    for (int64_t k = b; k < e; ++k) {
+      const int64_t n0 = k * G, n1 = std::min(N, n0 + G);
 #if GDS_PROJECT_AVX2
-  if constexpr (std::is_same_v<S, float>)
-    for (; n + 8 <= e; n += 8) block(F8(), n);
+      if constexpr (std::is_same_v<S, float>) {
+        if (n1 - n0 == G) {
+          block(F8(), n0);
+          continue;
+        }
+      }
 #endif
-  for (; n < e; ++n) block(S(), n);
+      for (int64_t n = n0; n < n1; ++n) block(S(), n);
+    }
+  });
 }
 
 // ------------------------------------------------------------------------------------------------ backward
@@ -616,10 +627,8 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& means, const at::Tensor& 
           *shp = sh.data_ptr<S>();
   S *m2 = means2d.data_ptr<S>(), *cn = conics.data_ptr<S>(), *dp = depths.data_ptr<S>(), *cp = colors.data_ptr<S>();
   int32_t* rp = radii.data_ptr<int32_t>();
-  at::parallel_for(0, N, kGrain, [&](int64_t b, int64_t e) {
-    over_gaussians<S>(b, e, [&](auto lane, int64_t n) {
-      forward_block<decltype(lane), S>(st, cams, mup, qp, lsp, shp, n, m2, cn, dp, rp, cp);
-    });
+  over_gaussians<S>(N, [&](auto lane, int64_t n) {
+    forward_block<decltype(lane), S>(st, cams, mup, qp, lsp, shp, n, m2, cn, dp, rp, cp);
   });
   return {means2d, conics, depths, radii, colors};
 }
@@ -642,11 +651,9 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& means, const at::Tensor&
           *gcp = g_colors.data_ptr<S>();
   S *gmu_p = g_means.data_ptr<S>(), *gq_p = g_quats.data_ptr<S>(), *gls_p = g_ls.data_ptr<S>(),
     *gsh_p = g_sh.data_ptr<S>();
-  at::parallel_for(0, N, kGrain, [&](int64_t b, int64_t e) {
-    over_gaussians<S>(b, e, [&](auto lane, int64_t n) {
-      backward_block<decltype(lane), S>(st, cams, mup, qp, lsp, shp, rp, gm2, gcn, gdp, gcp, n, gmu_p, gq_p, gls_p,
-                                        gsh_p);
-    });
+  over_gaussians<S>(N, [&](auto lane, int64_t n) {
+    backward_block<decltype(lane), S>(st, cams, mup, qp, lsp, shp, rp, gm2, gcn, gdp, gcp, n, gmu_p, gq_p, gls_p,
+                                      gsh_p);
   });
   return {g_means, g_quats, g_ls, g_sh};
 }
