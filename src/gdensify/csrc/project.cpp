@@ -10,11 +10,11 @@
 // Culled entries have zero mean2d and conic and pass no gradient through them; depth (z) and colour are defined
 // and differentiable for every entry. Opacities (a sigmoid) stay in PyTorch.
 //
-// Work is split over Gaussians; each loops over the cameras and sums its own gradients (no atomics, results do
-// not depend on the thread count). The backward recomputes everything from the inputs instead of saving it.
-// The math is written once for a lane type: a scalar (float64, the float32 tail, builds without AVX2) or, with
-// AVX2 + FMA, 8 float32 Gaussians at once (branches become selects; exp is the rasterizer's ~1 ulp polynomial,
-// every other operation is IEEE and rounds as the scalar one does).
+// Work is split over fixed groups of 8 Gaussians; each Gaussian loops over the cameras and sums its own gradients
+// (no atomics; results do not depend on the thread count). The backward recomputes everything from the inputs
+// instead of saving it. The math is written once for a lane type: a scalar (float64; float32 without AVX2 or in
+// the last, partial group) or, with AVX2 + FMA, a group of 8 float32 Gaussians at once (branches become selects;
+// exp is the rasterizer's ~1 ulp polynomial, every other operation is IEEE and rounds as the scalar one does).
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
