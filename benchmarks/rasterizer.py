@@ -15,6 +15,11 @@ extension build/load and the scene construction). Timings are never asserted; th
     python benchmarks/rasterizer.py --reference-limit 50000x256   # skip slow reference cells, marked "skipped"
     python benchmarks/rasterizer.py --profile          # also the cpu backend's stage breakdown
     python benchmarks/rasterizer.py --omp-passive      # OMP_WAIT_POLICY=PASSIVE in the cells (busy machines)
+    python benchmarks/rasterizer.py --projection       # C++ projection vs its PyTorch twin, 200k @ 512², 1 thread
+
+`projection_benchmark()` (also importable: `benchmarks/published_models.py` calls it) times forward+backward of
+the whole cpu-backend render with the PyTorch projection twin (`projection="torch"`) and with the C++ projection
+(`projection="cpp"`, the default), alternating the two in one process.
 
 The header line records the OpenMP wait policy and the load average: on a machine shared with other work, the
 default (spinning) policy can make every PyTorch/OpenMP parallel region wait a scheduler time slice.
@@ -132,6 +137,80 @@ def worker(backend: str, n: int, res: int, runs: int, threads: int, profile: boo
     return result
 
 
+def projection_benchmark(n: int = 200_000, size: int = 512, repeats: int = 5, threads: int = 1) -> dict:
+    """Median seconds of one forward+backward of the cpu-backend render (the scene above, float32, loss = a fixed
+    random-weighted image sum, gradients to every Gaussian parameter) with the PyTorch projection twin and with the
+    C++ projection, measured alternately in this process after one warm-up each; also the projection alone
+    (forward, then backward of fixed random output gradients). Prints a table; returns
+    {"torch_projection_s": …, "cpp_projection_s": …} (whole render), plus "ratio", "torch_projection_only_s",
+    "cpp_projection_only_s", "projection_only_ratio", "n", "size", "threads", "repeats"."""
+    import torch
+
+    from gdensify.render import _cpu, project, rasterize
+
+    _cpu._load()
+    saved_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        params, cameras, weights, gaussians_cls = make_scene(n, size)
+        leaves = [p.clone().requires_grad_(True) for p in params]
+
+        def forward_backward(projection: str) -> float:
+            for leaf in leaves:
+                leaf.grad = None
+            t = time.perf_counter()
+            out = rasterize(gaussians_cls(*leaves), cameras, backend="cpu", projection=projection)
+            (out.image * weights).sum().backward()
+            return time.perf_counter() - t
+
+        projectors = {"torch": project, "cpp": _cpu.project_cpu}
+        gen = torch.Generator().manual_seed(1)
+        out_grads = [torch.randn(1, n, k, generator=gen) for k in (2, 3, 3)] + [torch.randn(1, n, generator=gen)
+                                                                                 for _ in range(2)]
+
+        def projection_only(projection: str) -> float:
+            for leaf in leaves:
+                leaf.grad = None
+            t = time.perf_counter()
+            proj = projectors[projection](gaussians_cls(*leaves), cameras, 0)
+            outputs = [proj.means2d, proj.conics, proj.colors, proj.depths, proj.opacities]
+            torch.autograd.backward(outputs, out_grads)
+            return time.perf_counter() - t
+
+        times: dict[str, list[float]] = {"torch": [], "cpp": []}
+        alone: dict[str, list[float]] = {"torch": [], "cpp": []}
+        for projection in times:
+            forward_backward(projection)  # warm-up (allocator, caches)
+            projection_only(projection)
+        for _ in range(repeats):
+            for projection in times:
+                times[projection].append(forward_backward(projection))
+                alone[projection].append(projection_only(projection))
+    finally:
+        torch.set_num_threads(saved_threads)
+    result = {"torch_projection_s": statistics.median(times["torch"]),
+              "cpp_projection_s": statistics.median(times["cpp"])}
+    ratio = result["torch_projection_s"] / result["cpp_projection_s"]
+    only = {"torch_projection_only_s": statistics.median(alone["torch"]),
+            "cpp_projection_only_s": statistics.median(alone["cpp"])}
+    only_ratio = only["torch_projection_only_s"] / only["cpp_projection_only_s"]
+    target = ""
+    if (n, size, threads) == (200_000, 512, 1):  # the speed target is set for this cell
+        target = f" (target ≥ 2×: {'met' if ratio >= 2 else 'NOT met'})"
+    print(f"cpu backend forward+backward, {_fmt_n(n)} Gaussians @ {size}², {threads} thread(s), median of {repeats} "
+          f"(alternating), float32, torch {torch.__version__}, OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY', 'default')}, load average {_loadavg()}\n\n"
+          "| projection | render fwd+bwd s (median) | min s | max s | projection alone fwd+bwd s (median) |\n"
+          "|---|---|---|---|---|\n"
+          + "".join(f"| {name} | {statistics.median(times[k]):.3f} | {min(times[k]):.3f} | {max(times[k]):.3f} | "
+                    f"{statistics.median(alone[k]):.4f} |\n" for name, k in (("PyTorch twin", "torch"),
+                                                                             ("C++", "cpp")))
+          + f"\nwhole render with the C++ projection: {ratio:.2f}× faster{target}; the projection alone: "
+          f"{only_ratio:.1f}× faster", flush=True)
+    return {**result, "ratio": ratio, **only, "projection_only_ratio": only_ratio, "n": n, "size": size,
+            "threads": threads, "repeats": repeats}
+
+
 def _profile_once(leaves, cameras, weights, gaussians_cls) -> dict:
     """One forward+backward of the cpu backend split into stages (PyTorch projection, C++ binning, compositing)."""
     import torch
@@ -228,6 +307,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--omp-passive", action="store_true",
                    help="run the cells with OMP_WAIT_POLICY=PASSIVE (idle OpenMP threads sleep instead of spinning; "
                         "much faster when other processes compete for the cores)")
+    p.add_argument("--projection", action="store_true",
+                   help="only run projection_benchmark (C++ projection vs its PyTorch twin); --sizes, --res, "
+                        "--runs, --threads (default 1 here) pick N, the resolution, the repeats and the threads")
     p.add_argument("--json", default=None, help="also write the raw results to this file")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per cell")
     p.add_argument("--_worker", nargs=3, default=None, help=argparse.SUPPRESS)
@@ -237,6 +319,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         backend, n, res = args._worker
         print(json.dumps(worker(backend, int(n), int(res), args.runs, args.threads, args.profile)), flush=True)
         return []
+
+    if args.projection:
+        n = int(float(args.sizes.split(",")[0])) if args.sizes else 200_000
+        size = int(args.res.split(",")[0]) if args.res else 512
+        threads = args.threads if "--threads" in (argv if argv is not None else sys.argv) else 1
+        result = projection_benchmark(n, size, args.runs, threads)
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=1))
+        return [result]
 
     default_sizes = QUICK_SIZES if args.quick else FULL_SIZES
     sizes = [int(float(x)) for x in args.sizes.split(",")] if args.sizes else default_sizes

@@ -13,8 +13,8 @@ import torch
 from gdensify import Cameras, Gaussians
 from gdensify.cameras import look_at
 from gdensify.render import (
-    RenderOutput, _gsplat, available_backends, composite_reference, means2d_grad_to_ndc, project, rasterize,
-    tile_rect,
+    RasterRules, RenderOutput, _gsplat, available_backends, composite_reference, means2d_grad_to_ndc, project,
+    rasterize, tile_rect,
 )
 
 rasterize_module = importlib.import_module("gdensify.render.rasterize")  # the attribute is the function
@@ -70,6 +70,28 @@ def test_gradcheck_every_input_through_rasterize():
     def f(means, quats, log_scales, logits, sh, bg):
         out = rasterize(Gaussians(means, quats, log_scales, logits, sh), cams, bg, backend="reference")
         return weighted(out)
+
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_gradcheck_through_rasterize_with_the_released_object_rules(backend):
+    """Finite differences with `RasterRules.gd_object_release()` (C++ projection on the cpu backend): on this smooth
+    scene no α reaches the 0.99 clamp and the image stays inside (0, 1), so the render is smooth there too."""
+    if backend == "cpu" and rasterize_module._load_cpu()[0] is None:
+        pytest.skip(f"cpu backend unavailable: {rasterize_module._load_cpu()[1]}")
+    g = smooth_scene(seed=4)
+    cams = simple_camera()
+    rules = RasterRules.gd_object_release()
+    background = torch.tensor([0.2, 0.6, 0.4], dtype=F64)
+    out = rasterize(g, cams, background, backend=backend, rules=rules)
+    assert bool((out.radii > 0).all()) and 0.0 < float(out.image.min()) and float(out.image.max()) < 1.0
+    inputs = [x.clone().requires_grad_(True) for x in (g.means, g.quats, g.log_scales, g.opacity_logits, g.sh,
+                                                       background)]
+
+    def f(means, quats, log_scales, logits, sh, bg):
+        return weighted(rasterize(Gaussians(means, quats, log_scales, logits, sh), cams, bg, backend=backend,
+                                  rules=rules))
 
     assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
 
@@ -248,6 +270,21 @@ def test_invalid_inputs_raise_value_errors():
         rasterize(g, other, backend="reference")
     with pytest.raises(TypeError):
         rasterize(g.means, cams)
+
+
+def test_projection_argument():
+    g = smooth_scene(n=6, seed=2)
+    cams = simple_camera()
+    with pytest.raises(ValueError, match="unknown projection"):
+        rasterize(g, cams, backend="reference", projection="numpy")
+    fn, reason = rasterize_module._load_cpu()
+    if fn is None:
+        pytest.skip(f"cpu backend unavailable: {reason}")
+    twin = rasterize(g, cams, backend="reference")
+    cpp = rasterize(g, cams, backend="reference", projection="cpp")  # C++ projection, PyTorch compositing
+    assert cpp.backend == "reference"
+    torch.testing.assert_close(cpp.image, twin.image, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(cpp.means2d, twin.means2d, rtol=1e-12, atol=1e-12)
 
 
 def test_backend_requirements_without_cuda():

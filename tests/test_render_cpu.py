@@ -19,10 +19,9 @@ from gdensify.render import _cpu, rasterize
 from gdensify.render._cpu import composite_cpu
 from gdensify.render._reference import composite_reference
 
-from screen_gaussians import random_ellipses
+from screen_gaussians import dense_composite, random_ellipses
 
 ROOT = Path(__file__).resolve().parents[1]
-TILE = 16
 
 if _cpu._compiler() is None:
     pytest.skip("no C++ compiler: the cpu backend cannot be built here", allow_module_level=True)
@@ -48,51 +47,6 @@ def screen_scene(num_cams, n, width, height, seed=0, sigma=(1.0, 5.0), opacity=(
     background = rand(num_cams, 3)
     floats = [x.to(dtype) for x in (means2d, conics, colors, opacities, depths)]
     return floats, radii, background.to(dtype)
-
-
-def dense_composite(means2d, conics, colors, opacities, depths, radii, background, width, height, offsets=None):
-    """Brute force: every pixel × every visible Gaussian at once ((P, K) tensors), written from the contract only.
-    `offsets` (C, P, N, 2), zeros, makes the per-pixel dL/dmean2d terms available as its gradient."""
-    num_cams, n = radii.shape
-    dtype = means2d.dtype
-    py, px = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-    px, py = px.reshape(-1), py.reshape(-1)
-    centres = torch.stack([px, py], -1).to(dtype) + 0.5  # P 2
-    tiles_x, tiles_y = math.ceil(width / TILE), math.ceil(height / TILE)
-    images, alphas, depth_maps = [], [], []
-    for cam in range(num_cams):
-        order = torch.sort(depths[cam].detach(), stable=True).indices
-        order = order[radii[cam, order] > 0]
-        m = means2d[cam, order][None]  # 1 K 2
-        if offsets is not None:
-            m = m + offsets[cam][:, order]
-        r = radii[cam, order].to(dtype)
-        u, v = means2d[cam, order, 0].detach(), means2d[cam, order, 1].detach()
-        x0 = torch.floor((u - r) / TILE).clamp(0, tiles_x)
-        x1 = torch.floor((u + r + TILE - 1) / TILE).clamp(0, tiles_x)
-        y0 = torch.floor((v - r) / TILE).clamp(0, tiles_y)
-        y1 = torch.floor((v + r + TILE - 1) / TILE).clamp(0, tiles_y)
-        tx, ty = (px // TILE)[:, None].to(dtype), (py // TILE)[:, None].to(dtype)
-        covered = (tx >= x0) & (tx < x1) & (ty >= y0) & (ty < y1)  # P K
-        d = m - centres[:, None, :]
-        dx, dy = d[..., 0], d[..., 1]
-        a, b, c = conics[cam, order].unbind(-1)
-        power = -0.5 * (a * dx * dx + c * dy * dy) - b * dx * dy
-        alpha = torch.clamp(opacities[cam, order] * torch.exp(torch.clamp(power, max=0.0)), max=0.99)
-        with torch.no_grad():
-            valid = covered & (power <= 0) & (alpha >= 1 / 255)
-            raw = torch.where(valid, alpha, torch.zeros_like(alpha))
-            keep = valid & (torch.cumprod(1 - raw, dim=1) >= 1e-4)  # stops before the Gaussian crossing 1e-4
-        alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
-        t_incl = torch.cumprod(1 - alpha, dim=1)
-        t_excl = torch.cat([torch.ones_like(t_incl[:, :1]), t_incl[:, :-1]], dim=1)
-        w = alpha * t_excl
-        t_final = t_incl[:, -1] if t_incl.shape[1] else torch.ones(len(centres), dtype=dtype)
-        image = w @ colors[cam, order] + t_final[:, None] * background[cam]
-        images.append(image.reshape(height, width, 3))
-        alphas.append((1 - t_final).reshape(height, width, 1))
-        depth_maps.append((w @ depths[cam, order]).reshape(height, width, 1))
-    return torch.stack(images), torch.stack(alphas), torch.stack(depth_maps)
 
 
 def weights_for(outputs, seed=1):
@@ -386,7 +340,8 @@ def test_rasterize_cpu_matches_reference_end_to_end():
 # ----------------------------------------------------------------------------------------------- portable build
 @pytest.mark.slow
 def test_portable_build_matches_reference():
-    """The non-AVX2 float32 path (GDENSIFY_CPU_SIMD=0, a second build of ~1 minute) in a subprocess."""
+    """The non-AVX2 float32 paths of compositing and projection (GDENSIFY_CPU_SIMD=0, a second build of ~1 minute)
+    in a subprocess."""
     code = (
         "import torch, sys; sys.path.insert(0, %r)\n"
         "import test_render_cpu as t\n"
@@ -394,6 +349,8 @@ def test_portable_build_matches_reference():
         "assert not _cpu.cpu_backend_simd()\n"
         "t.test_float32_matches_reference(2, 300, 37, 29, 0)\n"
         "t.test_opaque_stack_terminates_early()\n"
+        "import test_projection as p\n"
+        "p.test_cpp_projection_float32_within_rounding_of_the_twin('gd_object_release', 3)\n"
         "print('ok')\n" % str(Path(__file__).parent))
     env = dict(os.environ, GDENSIFY_CPU_SIMD="0")
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
@@ -409,3 +366,14 @@ def test_benchmark_script_runs_in_quick_mode(capsys):
     out = capsys.readouterr().out
     assert "| N |" in out and "cpu" in out and "reference" in out
     assert "speed-up" in out
+
+
+def test_projection_benchmark_runs_small(capsys):
+    spec = importlib.util.spec_from_file_location("bench_rasterizer", ROOT / "benchmarks" / "rasterizer.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.projection_benchmark(n=500, size=32, repeats=1, threads=1)
+    assert result["torch_projection_s"] > 0 and result["cpp_projection_s"] > 0
+    out = capsys.readouterr().out
+    assert "PyTorch twin" in out and "C++" in out and "× faster" in out
+

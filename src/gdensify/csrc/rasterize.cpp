@@ -3,6 +3,9 @@
 // Semantics: docs of gdensify.render (RENDER_CONTRACT): 16x16 tiles, per tile depth order (ties by index), per
 // pixel front to back, skip power > 0 and alpha < 1/255, alpha = min(0.99, o*exp(power)), stop a pixel before the
 // Gaussian that would bring T below 1e-4. image = sum w*c + T*bg, alpha = 1 - T, depth = sum w*z.
+// Two renderer rules (gdensify.render.RasterRules) reach this file: `pixel_rect` (tile rectangle from the
+// integer-pixel mean u - 0.5 with truncation, as CUDA getRect) and `clamp_grad` (the backward passes the gradient
+// through the 0.99 alpha clamp, as CUDA's backward does).
 //
 // Design (all work in C++, no per-(pixel, Gaussian) storage):
 //  1. pack: one 64-byte record per (camera, Gaussian) with the attributes the inner loops read, plus a
@@ -45,12 +48,16 @@
 #include <utility>
 #include <vector>
 
+#include "pool.h"
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
+
+#include "exp_avx2.h"
 #define GDS_HAVE_AVX2 1
 #else
 #define GDS_HAVE_AVX2 0
@@ -111,97 +118,7 @@ inline int team_size() {
 }
 
 // ------------------------------------------------------------------------------------------------ memory
-// First-touch page faults are expensive (a few microseconds per 4 KiB page on small VMs), and glibc returns large
-// freed blocks to the OS, so every call would fault its buffers in again. Large buffers therefore come from a
-// small cache of blocks that stay mapped: scratch space directly, and tensors (saved for backward, returned) via
-// from_blob with a deleter that hands the block back. The cache holds at most `cap` bytes of free blocks
-// (GDENSIFY_CPU_POOL_MB, default 512; oldest evicted first; 0 disables it); release_cache() empties it.
-class Pool {
- public:
-  static Pool& get() {
-    static Pool* p = new Pool();  // never destroyed: tensors may outlive static destruction order
-    return *p;
-  }
-  void* acquire(size_t bytes) {
-    bytes = round(bytes);
-    if (bytes >= kMin && cap_ > 0) {
-      std::lock_guard<std::mutex> lock(mu_);
-      size_t best = free_.size();
-      for (size_t i = 0; i < free_.size(); ++i)
-        if (free_[i].first >= bytes && free_[i].first <= 2 * bytes + (size_t(1) << 20) &&
-            (best == free_.size() || free_[i].first < free_[best].first))
-          best = i;
-      if (best < free_.size()) {
-        void* p = free_[best].second;
-        cached_ -= free_[best].first;
-        sizes_[p] = free_[best].first;
-        free_.erase(free_.begin() + long(best));
-        return p;
-      }
-    }
-    void* p = std::aligned_alloc(64, bytes);
-    TORCH_CHECK(p != nullptr, "gdensify cpu rasterizer: out of memory allocating ", bytes, " bytes");
-    if (bytes >= kMin && cap_ > 0) {
-      std::lock_guard<std::mutex> lock(mu_);
-      sizes_[p] = bytes;
-    }
-    return p;
-  }
-  void release(void* p) {
-    if (p == nullptr) return;
-    std::lock_guard<std::mutex> lock(mu_);
-    auto it = sizes_.find(p);
-    if (it == sizes_.end()) {
-      std::free(p);
-      return;
-    }
-    size_t bytes = it->second;
-    sizes_.erase(it);
-    if (bytes > cap_) {
-      std::free(p);
-      return;
-    }
-    while (cached_ + bytes > cap_ && !free_.empty()) {  // evict the oldest blocks first
-      std::free(free_.front().second);
-      cached_ -= free_.front().first;
-      free_.erase(free_.begin());
-    }
-    free_.emplace_back(bytes, p);
-    cached_ += bytes;
-  }
-  void clear() {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (auto& f : free_) std::free(f.second);
-    free_.clear();
-    cached_ = 0;
-  }
-  size_t cached() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return cached_;
-  }
-
- private:
-  Pool() {
-    const char* env = std::getenv("GDENSIFY_CPU_POOL_MB");
-    double mb = env ? std::atof(env) : 512.0;
-    cap_ = mb > 0 ? size_t(mb * 1048576.0) : 0;
-  }
-  static size_t round(size_t b) { return ((b + 63) / 64) * 64 + 64; }
-  static constexpr size_t kMin = size_t(1) << 18;  // smaller blocks: plain malloc is fine
-  std::mutex mu_;
-  std::vector<std::pair<size_t, void*>> free_;
-  std::unordered_map<void*, size_t> sizes_;
-  size_t cached_ = 0, cap_ = 0;
-};
-
-// An uninitialised tensor whose memory comes from the pool.
-inline at::Tensor pooled_empty(at::IntArrayRef sizes, at::ScalarType dtype) {
-  int64_t numel = 1;
-  for (int64_t s : sizes) numel *= s;
-  const size_t bytes = size_t(std::max<int64_t>(numel, 1)) * at::elementSize(dtype);
-  void* p = Pool::get().acquire(bytes);
-  return at::from_blob(p, sizes, [](void* q) { Pool::get().release(q); }, at::TensorOptions().dtype(dtype));
-}
+// Pool and pooled_empty: pool.h.
 
 // Scratch space from the pool, returned on scope exit.
 template <typename T>
@@ -416,28 +333,7 @@ struct VecF8 {
   friend VecF8 vabs(const VecF8& a) {
     return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a.x);
   }
-  // exp for float, Cephes-style (range reduction by ln 2 in two parts, degree-5 polynomial): about 1 ulp.
-  friend VecF8 vexp(const VecF8& a) {
-    __m256 x = _mm256_min_ps(a.x, _mm256_set1_ps(88.3762626647949f));
-    x = _mm256_max_ps(x, _mm256_set1_ps(-88.3762626647949f));
-    __m256 fx = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f));
-    fx = _mm256_floor_ps(fx);
-    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
-    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
-    __m256 z = _mm256_mul_ps(x, x);
-    __m256 y = _mm256_set1_ps(1.9875691500E-4f);
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507E-3f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073E-3f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894E-2f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459E-1f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201E-1f));
-    y = _mm256_fmadd_ps(y, z, x);
-    y = _mm256_add_ps(y, _mm256_set1_ps(1.0f));
-    __m256i e = _mm256_cvttps_epi32(fx);
-    e = _mm256_add_epi32(e, _mm256_set1_epi32(127));
-    e = _mm256_slli_epi32(e, 23);
-    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-  }
+  friend VecF8 vexp(const VecF8& a) { return gds_exp_avx2(a.x); }  // about 1 ulp (exp_avx2.h)
   friend M operator&(const M& a, const M& b) { return {_mm256_and_ps(a.m, b.m)}; }
   friend M andnot(const M& a, const M& b) { return {_mm256_andnot_ps(b.m, a.m)}; }
   static bool any(const M& m) { return _mm256_movemask_ps(m.m) != 0; }
@@ -532,7 +428,8 @@ inline void alpha_support(T a, T b, T c, T o, T& cut, T& ex, T& ey) {
 
 template <typename T>
 void pack(int64_t C, int64_t N, const T* means2d, const T* conics, const T* colors, const T* opac,
-          const T* depths, const int32_t* radii, int tiles_x, int tiles_y, T* packed, Rect* rects) {
+          const T* depths, const int32_t* radii, int tiles_x, int tiles_y, bool pixel_rect, T* packed,
+          Rect* rects) {
   const T amin_keep = Consts<T>::alpha_min() * T(0.999);
   at::parallel_for(0, C * N, kGrainPack, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
@@ -542,12 +439,15 @@ void pack(int64_t C, int64_t N, const T* means2d, const T* conics, const T* colo
       int32_t rad = radii[i];
       T u = means2d[2 * i], v = means2d[2 * i + 1], o = opac[i];
       if (rad <= 0 || !std::isfinite(u) || !std::isfinite(v) || !(o >= amin_keep)) continue;
-      // Exactly projection.tile_rect: floor((u - r)/16), floor((u + r + 15)/16), clamped to [0, tiles].
+      // Exactly projection.tile_rect: floor((u - r)/16), floor((u + r + 15)/16), clamped to [0, tiles]; with
+      // pixel_rect the same from u - 0.5 with truncation.
       const T rr = T(rad);
-      T fx0 = std::floor((u - rr) / T(TS));
-      T fx1 = std::floor((u + rr + T(TS - 1)) / T(TS));
-      T fy0 = std::floor((v - rr) / T(TS));
-      T fy1 = std::floor((v + rr + T(TS - 1)) / T(TS));
+      const T ru = pixel_rect ? u - T(0.5) : u, rv = pixel_rect ? v - T(0.5) : v;
+      auto rnd = [pixel_rect](T f) { return pixel_rect ? std::trunc(f) : std::floor(f); };
+      T fx0 = rnd((ru - rr) / T(TS));
+      T fx1 = rnd((ru + rr + T(TS - 1)) / T(TS));
+      T fy0 = rnd((rv - rr) / T(TS));
+      T fy1 = rnd((rv + rr + T(TS - 1)) / T(TS));
       auto clampi = [](T f, int hi) -> int32_t {
         if (!(f > T(0))) return 0;
         if (f > T(hi)) return hi;
@@ -872,7 +772,7 @@ template <typename V>
 void backward_tile(const typename V::S* packed, const int32_t* list, int64_t start, int tx0, int ty0, int W, int H,
                    const typename V::S* bg, const typename V::S* g_img, const typename V::S* g_alpha,
                    const typename V::S* g_depth, const typename V::S* tfin, const int32_t* nc_in,
-                   typename V::S* gbuf, typename V::S* g_bg) {
+                   bool clamp_grad, typename V::S* gbuf, typename V::S* g_bg) {
   using S = typename V::S;
   using M = typename V::M;
   alignas(64) S Tb[TP], GBb[TP], GRb[TP], GGb[TP], GBLb[TP], GDb[TP];
@@ -909,6 +809,8 @@ void backward_tile(const typename V::S* packed, const int32_t* list, int64_t sta
 
   const V one = V::set1(S(1)), amax = V::set1(Consts<S>::alpha_max()), amin = V::set1(Consts<S>::alpha_min());
   const V zero = V::set1(S(0)), mhalf = V::set1(S(-0.5));
+  // without clamp_grad the derivative is zero where x = o*G exceeds 0.99; with it, x is never compared
+  const V gmax = V::set1(clamp_grad ? std::numeric_limits<S>::infinity() : Consts<S>::alpha_max());
   V pxv[VPR];
   for (int k = 0; k < VPR; ++k) pxv[k] = V::ramp() + V::set1(S(tx0 + k * LANES) + S(0.5));
 
@@ -961,7 +863,7 @@ void backward_tile(const typename V::S* packed, const int32_t* list, int64_t sta
         aG = fmadd(w, gg, aG);
         aBl = fmadd(w, gbl, aBl);
         aZ = fmadd(w, gd, aZ);
-        const V gx = V::select(m & cmp_le(x, amax), dal, zero);  // zero where the 0.99 clamp is active
+        const V gx = V::select(m & cmp_le(x, gmax), dal, zero);  // zero where the 0.99 clamp is active
         aO = fmadd(gx, e, aO);
         const V gp = gx * x;  // dL/dpower
         const V gpdx = gp * dx, gpdy = gp * vdy;
@@ -1010,7 +912,7 @@ void check_inputs(const at::Tensor& means2d, const at::Tensor& conics, const at:
 template <typename S>
 std::vector<at::Tensor> forward_impl(const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& colors,
                                      const at::Tensor& opac, const at::Tensor& depths, const at::Tensor& radii,
-                                     const at::Tensor& bg, int64_t W, int64_t H) {
+                                     const at::Tensor& bg, int64_t W, int64_t H, bool pixel_rect) {
   using V = typename VecFor<S>::type;
   const int64_t C = means2d.size(0), N = means2d.size(1);
   const int tiles_x = int((W + TS - 1) / TS), tiles_y = int((H + TS - 1) / TS);
@@ -1020,7 +922,8 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& means2d, const at::Tensor
   at::Tensor packed = pooled_empty({C * N, PK}, dt);
   Scratch<Rect> rects(size_t(C * N));
   pack<S>(C, N, means2d.data_ptr<S>(), conics.data_ptr<S>(), colors.data_ptr<S>(), opac.data_ptr<S>(),
-          depths.data_ptr<S>(), radii.data_ptr<int32_t>(), tiles_x, tiles_y, packed.data_ptr<S>(), rects.data());
+          depths.data_ptr<S>(), radii.data_ptr<int32_t>(), tiles_x, tiles_y, pixel_rect, packed.data_ptr<S>(),
+          rects.data());
   const double t1 = now();
   Bins bins = bin<S>(C, N, depths.data_ptr<S>(), rects.data(), tiles_x, tiles_y);
   const double t2 = now();
@@ -1061,7 +964,7 @@ template <typename S>
 std::vector<at::Tensor> backward_impl(const at::Tensor& g_img, const at::Tensor& g_alpha, const at::Tensor& g_depth,
                                       const at::Tensor& bg, const at::Tensor& packed, const at::Tensor& offsets,
                                       const at::Tensor& list, const at::Tensor& tfin, const at::Tensor& ncon,
-                                      int64_t C, int64_t N, int64_t W, int64_t H) {
+                                      int64_t C, int64_t N, int64_t W, int64_t H, bool clamp_grad) {
   using V = typename VecFor<S>::type;
   const int tiles_x = int((W + TS - 1) / TS), tiles_y = int((H + TS - 1) / TS);
   const int64_t ntiles = int64_t(tiles_x) * tiles_y;
@@ -1108,7 +1011,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g_img, const at::Tensor&
       const int64_t c = bn / ntiles, t = bn % ntiles;
       const int tx0 = int(t % tiles_x) * TS, ty0 = int(t / tiles_x) * TS;
       backward_tile<V>(pk, lst, off[bn], tx0, ty0, int(W), int(H), bgp + 3 * c, gip + 3 * c * HW, gap + c * HW,
-                       gdp + c * HW, tfp + c * HW, ncp + c * HW, mybuf, mybg + 3 * c);
+                       gdp + c * HW, tfp + c * HW, ncp + c * HW, clamp_grad, mybuf, mybg + 3 * c);
     }
   }
   const double t2 = now();
@@ -1164,18 +1067,18 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g_img, const at::Tensor&
 
 std::vector<at::Tensor> forward(const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& colors,
                                 const at::Tensor& opac, const at::Tensor& depths, const at::Tensor& radii,
-                                const at::Tensor& bg, int64_t W, int64_t H) {
+                                const at::Tensor& bg, int64_t W, int64_t H, bool pixel_rect) {
   check_inputs(means2d, conics, colors, opac, depths, radii, bg);
   TORCH_CHECK(W > 0 && H > 0, "image size must be positive");
   if (means2d.scalar_type() == at::kFloat)
-    return forward_impl<float>(means2d, conics, colors, opac, depths, radii, bg, W, H);
-  return forward_impl<double>(means2d, conics, colors, opac, depths, radii, bg, W, H);
+    return forward_impl<float>(means2d, conics, colors, opac, depths, radii, bg, W, H, pixel_rect);
+  return forward_impl<double>(means2d, conics, colors, opac, depths, radii, bg, W, H, pixel_rect);
 }
 
 std::vector<at::Tensor> backward(const at::Tensor& g_img, const at::Tensor& g_alpha, const at::Tensor& g_depth,
                                  const at::Tensor& bg, const at::Tensor& packed, const at::Tensor& offsets,
                                  const at::Tensor& list, const at::Tensor& tfin, const at::Tensor& ncon, int64_t C,
-                                 int64_t N, int64_t W, int64_t H) {
+                                 int64_t N, int64_t W, int64_t H, bool clamp_grad) {
   const auto dt = packed.scalar_type();
   for (const at::Tensor* t : {&g_img, &g_alpha, &g_depth, &bg, &tfin}) {
     TORCH_CHECK(t->scalar_type() == dt && t->is_contiguous() && t->device().is_cpu(),
@@ -1184,8 +1087,10 @@ std::vector<at::Tensor> backward(const at::Tensor& g_img, const at::Tensor& g_al
   TORCH_CHECK(g_img.sizes() == at::IntArrayRef({C, H, W, 3}), "grad image must be (C, H, W, 3)");
   TORCH_CHECK(g_alpha.numel() == C * H * W && g_depth.numel() == C * H * W, "grad alpha/depth size");
   if (dt == at::kFloat)
-    return backward_impl<float>(g_img, g_alpha, g_depth, bg, packed, offsets, list, tfin, ncon, C, N, W, H);
-  return backward_impl<double>(g_img, g_alpha, g_depth, bg, packed, offsets, list, tfin, ncon, C, N, W, H);
+    return backward_impl<float>(g_img, g_alpha, g_depth, bg, packed, offsets, list, tfin, ncon, C, N, W, H,
+                                clamp_grad);
+  return backward_impl<double>(g_img, g_alpha, g_depth, bg, packed, offsets, list, tfin, ncon, C, N, W, H,
+                               clamp_grad);
 }
 
 bool has_avx2() { return GDS_HAVE_AVX2; }

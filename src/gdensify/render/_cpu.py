@@ -1,16 +1,19 @@
-"""The `cpu` compositing backend: a C++/OpenMP tile rasterizer behind a torch.autograd.Function.
+"""The `cpu` backend: C++/OpenMP projection and tile rasterizer behind torch.autograd.Functions.
 
 `composite_cpu` has exactly the signature and semantics of `_reference.composite_reference` (see the render
 contract); it is 10-100× faster and its memory is a few bytes per pixel plus ~100 bytes per Gaussian, because the
 backward recomputes alphas back to front instead of storing per-(pixel, Gaussian) values.
 
-The kernel (`gdensify/csrc/rasterize.cpp`, shipped as package data) is compiled on first use with
-`torch.utils.cpp_extension.load` and cached in the torch extensions directory (`$TORCH_EXTENSIONS_DIR`, default
-`~/.cache/torch_extensions/pyXY_cpu`) as `gdensify_raster_<hash>.so`, the hash covering the source, the compiler
-flags and the torch version: an edited source rebuilds, and builds for different instruction sets live side by
-side. An existing library is loaded directly; a missing one is built in a private temporary folder and published
-with an atomic rename, so concurrent processes never wait on a lock (torch's own lock file is left behind forever
-when a build is killed, and every later process would then hang).
+`project_cpu` is the C++ twin of `projection.project` (same outputs, hand-written backward instead of autograd;
+tested against it), the cpu backend's default projection.
+
+The kernels (`gdensify/csrc/rasterize.cpp` and `project.cpp`, with two headers; shipped as package data) are
+compiled on first use with `torch.utils.cpp_extension.load` into one library, cached in the torch extensions
+directory (`$TORCH_EXTENSIONS_DIR`, default `~/.cache/torch_extensions/pyXY_cpu`) as `gdensify_raster_<hash>.so`,
+the hash covering the sources, the compiler flags and the torch version: an edited source rebuilds, and builds for
+different instruction sets live side by side. An existing library is loaded directly; a missing one is built in a
+private temporary folder and published with an atomic rename, so concurrent processes never wait on a lock (torch's
+own lock file is left behind forever when a build is killed, and every later process would then hang).
 
 Compiler flags: `-O3 -fopenmp -ffp-contract=off`, plus `-mavx2 -mfma` when this CPU has AVX2 and FMA (as detected by
 PyTorch's own dispatcher, `torch.backends.cpu.get_cpu_capability()`, which `ATEN_CPU_CAPABILITY` can lower). Not
@@ -48,9 +51,14 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .projection import check_composite_inputs
+from ..cameras import Cameras
+from ..gaussians import Gaussians
+from .projection import Projection, check_composite_inputs, sh_view_origins
+from .rules import DEFAULT_RULES, RasterRules
 
-_SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "rasterize.cpp"
+_CSRC = Path(__file__).resolve().parent.parent / "csrc"
+_SOURCES = (_CSRC / "rasterize.cpp", _CSRC / "project.cpp")
+_HEADERS = (_CSRC / "exp_avx2.h", _CSRC / "pool.h")
 _lock = threading.Lock()
 # Stage timings (seconds) of the latest call, for profiling: pack_s, bin_s (depth sort + tile lists), forward_s
 # (compositing), isects (tile-Gaussian pairs); after a backward also backward_setup_s, backward_s, backward_reduce_s.
@@ -96,15 +104,17 @@ def _load():
     with _lock:
         if _module is not None:
             return _module
-        if not _SOURCE.is_file():
-            raise RuntimeError(f"gdensify cpu backend: kernel source {_SOURCE} is missing from the installation")
+        missing = [str(src) for src in (*_SOURCES, *_HEADERS) if not src.is_file()]
+        if missing:
+            raise RuntimeError(f"gdensify cpu backend: kernel source {missing[0]} is missing from the installation")
         if _compiler() is None:
             cxx = os.environ.get("CXX", "c++")
             _error = (f"gdensify cpu backend: no C++ compiler found ({cxx!r} is not on PATH, nor g++/clang++); "
                       "install one (e.g. `apt-get install g++`) or set $CXX, or use backend='reference'")
             raise RuntimeError(_error)
         flags = _build_flags()
-        digest = hashlib.sha256(_SOURCE.read_bytes() + " ".join(flags).encode() + torch.__version__.encode())
+        sources = b"".join(src.read_bytes() for src in (*_SOURCES, *_HEADERS))
+        digest = hashlib.sha256(sources + " ".join(flags).encode() + torch.__version__.encode())
         name = f"gdensify_raster_{digest.hexdigest()[:16]}"
         try:
             build_dir = _build_directory(name)
@@ -141,13 +151,14 @@ def _build(name: str, flags: list[str], build_dir: Path, library: Path) -> None:
     last `os.replace` wins; an existing library is loaded directly, without any lock."""
     from torch.utils import cpp_extension
 
-    print(f"gdensify: compiling the CPU rasterizer into {build_dir} (once; about 30-60 s)...", file=sys.stderr,
+    print(f"gdensify: compiling the CPU rasterizer into {build_dir} (once; about 1-2 min)...", file=sys.stderr,
           flush=True)
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=build_dir))
     try:
         # The kernel registers its functions as torch.ops.<name>.* (TORCH_LIBRARY), not as a pybind module: it
         # then needs only light ATen headers and compiles several times faster.
-        cpp_extension.load(name=name, sources=[str(_SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
+        cpp_extension.load(name=name, sources=[str(src) for src in _SOURCES], extra_cflags=flags,
+                           extra_ldflags=["-fopenmp"],
                            build_directory=str(tmp), is_python_module=False, verbose=False)
         os.replace(tmp / f"{name}.so", library)
     finally:
@@ -189,18 +200,19 @@ def cpu_backend_simd() -> bool:
 
 class _CompositeCPU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, means2d, conics, colors, opacities, depths, background, radii, width, height):
+    def forward(ctx, means2d, conics, colors, opacities, depths, background, radii, width, height, rules):
         ext = _load()
         num_cams, n = radii.shape
         image, alpha, depth, t_final, n_contrib, offsets, isect, packed, stats = ext.forward(
             means2d.detach().contiguous(), conics.detach().contiguous(), colors.detach().contiguous(),
             opacities.detach().contiguous(), depths.detach().contiguous(), radii.to(torch.int32).contiguous(),
-            background.detach().contiguous(), int(width), int(height))
+            background.detach().contiguous(), int(width), int(height), rules.tile_rect == "pixel")
         pack_s, bin_s, raster_s, isects = stats.tolist()
         last_stats.clear()
         last_stats.update(pack_s=pack_s, bin_s=bin_s, forward_s=raster_s, isects=int(isects))
         ctx.save_for_backward(background.detach().contiguous(), packed, offsets, isect, t_final, n_contrib)
         ctx.dims = (num_cams, n, int(width), int(height))
+        ctx.clamp_grad = rules.alpha_clamp_grad
         ctx.means2d = means2d  # the very tensor object: backward attaches `.absgrad` to it (as gsplat does)
         return image, alpha, depth
 
@@ -221,7 +233,7 @@ class _CompositeCPU(torch.autograd.Function):
         g_depth = ready(g_depth, (num_cams, height, width, 1))
         g_means2d, g_conics, g_colors, g_opacities, g_depths, g_background, absgrad, stats = _load().backward(
             g_image, g_alpha, g_depth, background, packed, offsets, isect, t_final, n_contrib,
-            num_cams, n, width, height)
+            num_cams, n, width, height, ctx.clamp_grad)
         zero_s, raster_s, reduce_s = stats.tolist()
         last_stats.update(backward_setup_s=zero_s, backward_s=raster_s, backward_reduce_s=reduce_s)
         needs = ctx.needs_input_grad
@@ -229,7 +241,7 @@ class _CompositeCPU(torch.autograd.Function):
             ctx.means2d.absgrad = absgrad
         return (g_means2d if needs[0] else None, g_conics if needs[1] else None, g_colors if needs[2] else None,
                 g_opacities if needs[3] else None, g_depths if needs[4] else None,
-                g_background if needs[5] else None, None, None, None)
+                g_background if needs[5] else None, None, None, None, None)
 
 
 def composite_cpu(
@@ -242,13 +254,15 @@ def composite_cpu(
     background: Float[Tensor, "C 3"] | Float[Tensor, "3"] | None,
     width: int,
     height: int,
+    rules: RasterRules | None = None,
 ) -> tuple[Float[Tensor, "C H W 3"], Float[Tensor, "C H W 1"], Float[Tensor, "C H W 1"]]:
     """Alpha-composite projected Gaussians into C images of `height` × `width` pixels (C++ kernel, CPU only).
 
     Same contract as `composite_reference`: entries with radius 0 are ignored; `background` is (C, 3), (3,) or None
     (black); returns image = Σ w·colour + T·background, alpha = 1 − T, depth = Σ w·z. Differentiable w.r.t.
     means2d, conics, colors, opacities, depths and background; after backward, `means2d.absgrad` (C, N, 2) holds
-    Σ_pixels |per-pixel dL/dmean2d| (pixel units). float32 or float64."""
+    Σ_pixels |per-pixel dL/dmean2d| (pixel units). float32 or float64. `rules` (default `RasterRules()`): only
+    `tile_rect` and `alpha_clamp_grad` concern compositing."""
     tensors = {"means2d": means2d, "conics": conics, "colors": colors, "opacities": opacities, "depths": depths,
                "radii": radii}
     if background is not None:
@@ -268,4 +282,63 @@ def composite_cpu(
     background = check_composite_inputs("composite_cpu", means2d, conics, colors, opacities, depths, radii,
                                         background)
     return _CompositeCPU.apply(means2d, conics, colors, opacities, depths, background, radii, int(width),
-                               int(height))
+                               int(height), DEFAULT_RULES if rules is None else rules)
+
+
+# ------------------------------------------------------------------------------------------------ projection
+class _ProjectCPU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, means, quats, log_scales, sh, w2c, intrinsics, origins, settings):
+        width, height, near, far, far_cull, radius_floor, pixel_rect, sh_degree = settings
+        inputs = [x.detach().contiguous() for x in (means, quats, log_scales, sh)]
+        cams = [x.contiguous() for x in (w2c, intrinsics, origins)]
+        means2d, conics, depths, radii, colors = _load().project_forward(
+            *inputs, *cams, width, height, near, far, far_cull, radius_floor, pixel_rect, sh_degree)
+        ctx.save_for_backward(*inputs, *cams, radii)
+        ctx.settings = (width, height, near, far, far_cull, sh_degree)
+        ctx.mark_non_differentiable(radii)
+        return means2d, conics, depths, radii, colors
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_means2d, g_conics, g_depths, _g_radii, g_colors):
+        means, quats, log_scales, sh, w2c, intrinsics, origins, radii = ctx.saved_tensors
+        width, height, near, far, far_cull, sh_degree = ctx.settings
+        num_cams, n = radii.shape
+        dtype = means.dtype
+
+        def ready(g, *shape):
+            return torch.zeros(shape, dtype=dtype) if g is None else g.to(dtype).contiguous()
+
+        g_means, g_quats, g_log_scales, g_sh = _load().project_backward(
+            means, quats, log_scales, sh, w2c, intrinsics, origins, radii, width, height, near, far, far_cull,
+            sh_degree, ready(g_means2d, num_cams, n, 2), ready(g_conics, num_cams, n, 3),
+            ready(g_depths, num_cams, n), ready(g_colors, num_cams, n, 3))
+        needs = ctx.needs_input_grad
+        return (g_means if needs[0] else None, g_quats if needs[1] else None, g_log_scales if needs[2] else None,
+                g_sh if needs[3] else None, None, None, None, None)
+
+
+def project_cpu(
+    gaussians: Gaussians, cameras: Cameras, sh_degree: int | None = None, rules: RasterRules | None = None,
+) -> Projection:
+    """The C++ twin of `projection.project`: same arguments, same `Projection` (up to float rounding), CPU tensors
+    (float32 or float64) only. Differentiable w.r.t. every Gaussian parameter (not the cameras); the backward is
+    hand-written in C++ and recomputes the projection instead of storing it."""
+    rules = DEFAULT_RULES if rules is None else rules
+    sh_degree = gaussians.sh_degree if sh_degree is None else int(sh_degree)
+    if not 0 <= sh_degree <= gaussians.sh_degree:
+        raise ValueError(f"sh_degree must be in [0, {gaussians.sh_degree}] for these Gaussians, got {sh_degree}")
+    if gaussians.device.type != "cpu" or cameras.world_to_camera.device.type != "cpu":
+        raise ValueError(f"project_cpu needs CPU tensors, got Gaussians on {gaussians.device} and Cameras on "
+                         f"{cameras.world_to_camera.device}; use projection.project")
+    dtype = gaussians.dtype
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"project_cpu: float32 or float64 only, got {dtype}")
+    settings = (cameras.width, cameras.height, float(cameras.near), float(cameras.far), bool(rules.far_cull),
+                float(rules.radius_floor), rules.tile_rect == "pixel", sh_degree)
+    means2d, conics, depths, radii, colors = _ProjectCPU.apply(
+        gaussians.means, gaussians.quats, gaussians.log_scales, gaussians.sh, cameras.world_to_camera.to(dtype),
+        cameras.intrinsics.to(dtype), sh_view_origins(cameras, rules, dtype), settings)
+    opacities = gaussians.opacities[None].expand(len(cameras), len(gaussians))
+    return Projection(means2d, conics, depths, radii, colors, opacities)

@@ -14,6 +14,10 @@ gsplat 1.5.x bounds the 2D extent with per-axis, opacity-aware radii rather than
 0.3·tan(fov) margins around the principal point, and culls slightly differently at the image border. Its radii are
 (C, N, 2); they are reduced here to (C, N) int32 (0 unless both axes are positive, else the larger one).
 gsplat's CUDA kernels take float32 only.
+
+Renderer rules (`RasterRules`): gsplat follows `far_cull` (far_plane = ∞ when False) and `clamp_image` (applied by
+`rasterize` after the kernel); it cannot follow a non-default `tile_rect`, `radius_floor`, `alpha_clamp_grad` or
+`sh_view_origin`, and `rasterize_gsplat` raises ValueError naming them (`backend="auto"` then picks `reference`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from torch import Tensor
 
 from ..cameras import Cameras
 from ..gaussians import Gaussians
+from .rules import DEFAULT_RULES, RasterRules
 
 MIN_VERSION = (1, 5, 3)
 MAX_VERSION = (1, 6, 0)  # exclusive
@@ -78,6 +83,12 @@ def _probe(device_key: str) -> tuple[bool, str]:
     return True, "ok"
 
 
+def unsupported_rules(rules: RasterRules) -> list[str]:
+    """Names of the fields of `rules` that gsplat's kernel cannot follow (non-default values only)."""
+    return [name for name in ("tile_rect", "radius_floor", "alpha_clamp_grad", "sh_view_origin")
+            if getattr(rules, name) != getattr(DEFAULT_RULES, name)]
+
+
 def gsplat_status(device: torch.device | str) -> tuple[bool, str]:
     """(usable, reason) for the gsplat backend on `device`; the first call on a CUDA device renders a test image."""
     device = torch.device(device)
@@ -88,9 +99,17 @@ def gsplat_status(device: torch.device | str) -> tuple[bool, str]:
 
 def rasterize_gsplat(
     gaussians: Gaussians, cameras: Cameras, background: Tensor, sh_degree: int, means2d_grad: bool = False,
+    rules: RasterRules | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Render with gsplat. background (C, 3). Returns image (C,H,W,3), alpha (C,H,W,1), depth (C,H,W,1),
-    radii (C,N) int32 and means2d (C,N,2) (with retain_grad when it requires grad)."""
+    """Render with gsplat. background (C, 3). Returns image (C,H,W,3) (not clamped: `rasterize` applies
+    `rules.clamp_image`), alpha (C,H,W,1), depth (C,H,W,1), radii (C,N) int32 and means2d (C,N,2) (with
+    retain_grad when it requires grad). ValueError for rules gsplat cannot follow."""
+    rules = DEFAULT_RULES if rules is None else rules
+    bad = unsupported_rules(rules)
+    if bad:
+        values = ", ".join(f"{name}={getattr(rules, name)!r}" for name in bad)
+        raise ValueError(f"the gsplat backend cannot follow RasterRules {values}; use backend='reference' (CUDA or "
+                         "CPU) or 'cpu'")
     device = gaussians.device
     if device.type != "cuda":
         raise ValueError(f"the gsplat backend needs CUDA tensors; these Gaussians are on {device}")
@@ -114,7 +133,8 @@ def rasterize_gsplat(
         means=means, quats=gaussians.quats, scales=gaussians.scales, opacities=gaussians.opacities,
         colors=gaussians.sh, viewmats=cameras.world_to_camera.to(torch.float32),
         Ks=cameras.intrinsics.to(torch.float32), width=width, height=height,
-        near_plane=float(cameras.near), far_plane=float(cameras.far), eps2d=0.3, sh_degree=int(sh_degree),
+        near_plane=float(cameras.near), far_plane=float(cameras.far) if rules.far_cull else float("inf"), eps2d=0.3,
+        sh_degree=int(sh_degree),
         packed=False, tile_size=16, backgrounds=background.to(torch.float32).contiguous(),
         render_mode="RGB+D", absgrad=True, rasterize_mode="classic")
     means2d = meta["means2d"]

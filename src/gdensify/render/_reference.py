@@ -1,7 +1,8 @@
 """Pure-PyTorch tile compositing: the readable reference backend and the test oracle.
 
 `composite_reference` alpha-composites projected Gaussians exactly as the render contract prescribes (16×16 tiles,
-depth order within a tile, skip α < 1/255, α clamped at 0.99, per-pixel stop when T would drop below 1e-4).
+depth order within a tile, skip α < 1/255, α clamped at 0.99, per-pixel stop when T would drop below 1e-4), with
+the tile-rectangle and α-clamp-gradient choices of `RasterRules`.
 
 Memory stays bounded: the forward runs under no_grad over chunks of tiles × chunks of depth-sorted Gaussians and
 keeps only the per-pixel transmittance entering each chunk; the backward recomputes one chunk at a time with
@@ -24,9 +25,10 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .projection import TILE_SIZE, check_composite_inputs, tile_rect
+from .rules import DEFAULT_RULES, RasterRules
 
 ALPHA_MIN = 1.0 / 255.0  # α below this: the pair is skipped
-ALPHA_MAX = 0.99  # α is clamped here (zero derivative where the clamp is active)
+ALPHA_MAX = 0.99  # α is clamped here (zero derivative where the clamp is active, unless rules.alpha_clamp_grad)
 T_MIN = 1e-4  # a pixel stops before the Gaussian that would bring T below this
 
 PIXELS_PER_TILE = TILE_SIZE * TILE_SIZE
@@ -56,13 +58,14 @@ class _Plan:
 
 def _bin(
     means2d: Tensor, radii: Tensor, depths: Tensor, width: int, height: int, max_pairs: int = MAX_CHUNK_PAIRS,
+    rect_rule: str = "mean",
 ) -> _Plan:
     """Tile-Gaussian intersections, sorted per tile by depth (ties by Gaussian index), grouped into work chunks."""
     num_cams, n = radii.shape
     device = means2d.device
     tiles_x = (width + TILE_SIZE - 1) // TILE_SIZE
     tiles_y = (height + TILE_SIZE - 1) // TILE_SIZE
-    x0, x1, y0, y1 = tile_rect(means2d, radii, width, height)
+    x0, x1, y0, y1 = tile_rect(means2d, radii, width, height, rule=rect_rule)
     w = (x1 - x0).clamp_min(0)
     h = (y1 - y0).clamp_min(0)
     ntiles = torch.where(radii > 0, w * h, torch.zeros_like(w))  # C N
@@ -127,19 +130,23 @@ def _gather_ids(plan: _Plan, group: _TileGroup, kc: int) -> tuple[Tensor, Tensor
 # --------------------------------------------------------------------------------------------------- one step
 def _step(
     d: Tensor, conics: Tensor, colors: Tensor, opacities: Tensor, depths: Tensor, valid: Tensor, t_in: Tensor,
-    done_in: Tensor,
+    done_in: Tensor, clamp_grad: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Composite one depth chunk of K Gaussians over the P = 256 pixels of T tiles.
 
     d (T,P,K,2) = mean2d − pixel centre for every (pixel, Gaussian) pair (so dL/dd is the per-pixel term of
     dL/dmean2d), conics (T,K,3), colors (T,K,3), opacities (T,K), depths (T,K), valid (T,K) bool (padding),
     t_in (T,P) transmittance entering the chunk, done_in (T,P) pixels already stopped (or outside the image).
+    clamp_grad: differentiate α = min(0.99, o·G) as if it were o·G (straight through the clamp; same values).
     Returns the chunk's colour (T,P,3) and depth (T,P) contributions, T leaving the chunk (T,P) and the new done.
     """
     dx, dy = d[..., 0], d[..., 1]
     a, b, c = (x[:, None, :] for x in conics.unbind(-1))
     power = -0.5 * (a * dx * dx + c * dy * dy) - b * dx * dy  # T P K
-    alpha = (opacities[:, None, :] * torch.exp(torch.clamp(power, max=0.0))).clamp(max=ALPHA_MAX)
+    raw_alpha = opacities[:, None, :] * torch.exp(torch.clamp(power, max=0.0))
+    alpha = raw_alpha.clamp(max=ALPHA_MAX)
+    if clamp_grad:  # value of the clamp, derivative of o·G (exact: 0.99 − x is exact for x in [0.99, 1.98])
+        alpha = raw_alpha + (alpha - raw_alpha).detach()
     with torch.no_grad():
         contrib = valid[:, None, :] & (power <= 0) & (alpha >= ALPHA_MIN)
         raw = torch.where(contrib, alpha, torch.zeros_like(alpha))
@@ -159,10 +166,10 @@ def _step(
 # --------------------------------------------------------------------------------------------------- autograd
 class _Composite(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, means2d, conics, colors, opacities, depths, background, radii, width, height, max_pairs):
+    def forward(ctx, means2d, conics, colors, opacities, depths, background, radii, width, height, max_pairs, rules):
         num_cams = radii.shape[0]
         dtype, device = means2d.dtype, means2d.device
-        plan = _bin(means2d, radii, depths, width, height, max_pairs)
+        plan = _bin(means2d, radii, depths, width, height, max_pairs, rules.tile_rect)
         flat = _flat_inputs(means2d, conics, colors, opacities, depths)
         hw = height * width
         t_final = torch.ones(num_cams * hw, dtype=dtype, device=device)
@@ -196,7 +203,7 @@ class _Composite(torch.autograd.Function):
         depth_img = depth_acc.reshape(num_cams, height, width, 1)
 
         ctx.save_for_backward(means2d, conics, colors, opacities, depths, background, t_final)
-        ctx.plan, ctx.states, ctx.size = plan, states, (width, height)
+        ctx.plan, ctx.states, ctx.size, ctx.clamp_grad = plan, states, (width, height), rules.alpha_clamp_grad
         ctx.means2d = means2d  # the very tensor object: backward attaches `.absgrad` to it
         return image, alpha, depth_img
 
@@ -235,7 +242,7 @@ class _Composite(torch.autograd.Function):
                     d = (flat[0][ids][:, None, :, :] - pixels[:, :, None, :]).requires_grad_(True)
                     leaves = [x[ids].detach().requires_grad_(True) for x in flat[1:]]
                     t_leaf = t_in.detach().requires_grad_(True)
-                    dcol, ddep, t_out, _ = _step(d, *leaves, gvalid, t_leaf, done_in)
+                    dcol, ddep, t_out, _ = _step(d, *leaves, gvalid, t_leaf, done_in, ctx.clamp_grad)
                     g_pair, *g_leaves, g_t = torch.autograd.grad(
                         (dcol, ddep, t_out), (d, *leaves, t_leaf), (g_col, g_dep, g_t), allow_unused=True)
                 sel = ids[gvalid]  # g_pair (T,P,K,2): the per-pixel terms of dL/dmean2d
@@ -249,7 +256,7 @@ class _Composite(torch.autograd.Function):
             g.reshape(num_cams, n, *g.shape[1:]) for g in grads)
         if ctx.needs_input_grad[0]:
             ctx.means2d.absgrad = absgrad.reshape(num_cams, n, 2)
-        return g_means2d, g_conics, g_colors, g_opacities, g_depths, g_background, None, None, None, None
+        return g_means2d, g_conics, g_colors, g_opacities, g_depths, g_background, None, None, None, None, None
 
 
 def _flat_inputs(means2d, conics, colors, opacities, depths) -> list[Tensor]:
@@ -270,6 +277,7 @@ def composite_reference(
     width: int,
     height: int,
     max_pairs: int = MAX_CHUNK_PAIRS,
+    rules: RasterRules | None = None,
 ) -> tuple[Float[Tensor, "C H W 3"], Float[Tensor, "C H W 1"], Float[Tensor, "C H W 1"]]:
     """Alpha-composite projected Gaussians into C images of `height` × `width` pixels.
 
@@ -278,8 +286,9 @@ def composite_reference(
     depth = Σ w·z (not divided by alpha). Differentiable w.r.t. means2d, conics, colors, opacities, depths and
     background; after backward, `means2d.absgrad` (C, N, 2) holds Σ_pixels |per-pixel dL/dmean2d| (pixel units).
     `max_pairs` bounds the (pixel, Gaussian) pairs evaluated per step (memory ≈ 30 floats per pair in backward).
+    `rules` (default `RasterRules()`): only `tile_rect` and `alpha_clamp_grad` concern compositing.
     """
     background = check_composite_inputs("composite_reference", means2d, conics, colors, opacities, depths, radii,
                                         background)
     return _Composite.apply(means2d, conics, colors, opacities, depths, background, radii, int(width), int(height),
-                            int(max_pairs))
+                            int(max_pairs), DEFAULT_RULES if rules is None else rules)

@@ -1,16 +1,21 @@
 """EWA projection of 3D Gaussians into C pinhole cameras (pure PyTorch, differentiable by autograd).
 
-Shared by the `reference` and `cpu` backends; the semantics are the classic 3DGS ones written down in the render
-contract:
+The `reference` backend's projection and the twin the C++ projection (`_cpu.project_cpu`, the `cpu` backend's
+default) is tested against. The semantics are the classic 3DGS ones written down in the render contract, with the
+choices of `RasterRules` (defaults shown; see `rules.py`):
 
-- p = R·μ + t (world-to-camera); a Gaussian is culled (radius 0) unless near < p.z < far.
+- p = R·μ + t (world-to-camera); a Gaussian is culled (radius 0) unless near < p.z < far (no far test when
+  `rules.far_cull` is False).
 - J = [[fx/z, 0, −fx·x'/z²], [0, fy/z, −fy·y'/z²]] with x' = z·clamp(x/z, −lim_x, lim_x),
   lim_x = 1.3·max(cx, W − cx)/fx (y likewise). The clamp enters J only, never the projected mean.
 - Σ₂D = J·R·Σ·Rᵀ·Jᵀ + 0.3·I (low-pass dilation); det Σ₂D ≤ 0 → culled; conic = Σ₂D⁻¹ stored as (a, b, c) of
   [[a, b], [b, c]].
-- radius = ceil(3·sqrt(λ_max(Σ₂D))) pixels; mean2d = (fx·x/z + cx, fy·y/z + cy) pixels (pixel centres at +0.5).
-- A Gaussian whose 16×16 tile rectangle (`tile_rect`) is empty is culled too.
-- colour = eval_sh(sh_degree, sh, normalize(μ − camera centre)) (+0.5, clamped ≥ 0); opacity = sigmoid(logit).
+- radius = ceil(3·sqrt(λ_max)) pixels with λ_max = mid + sqrt(max(rules.radius_floor, mid² − det)),
+  mid = (a + c)/2 (floor 0: the largest eigenvalue of Σ₂D); mean2d = (fx·x/z + cx, fy·y/z + cy) pixels (pixel
+  centres at +0.5).
+- A Gaussian whose 16×16 tile rectangle (`tile_rect`, `rules.tile_rect`) is empty is culled too.
+- colour = eval_sh(sh_degree, sh, normalize(μ − o)) (+0.5, clamped ≥ 0) with o the camera centre (or its negation,
+  `rules.sh_view_origin`); opacity = sigmoid(logit).
 
 Culled entries (radius 0) carry zeros in `means2d` and `conics` and receive no gradient; `depths`, `colors` and
 `opacities` are defined for every entry.
@@ -27,6 +32,7 @@ from torch import Tensor
 from ..cameras import Cameras
 from ..gaussians import Gaussians, quat_to_rotmat
 from ..sh import eval_sh
+from .rules import DEFAULT_RULES, RasterRules
 
 TILE_SIZE = 16
 EPS_2D = 0.3  # pixels², added to the diagonal of Σ₂D
@@ -52,28 +58,44 @@ class Projection:
 
 def tile_rect(
     means2d: Float[Tensor, "*batch 2"], radii: Int[Tensor, "*batch"], width: int, height: int,
-    tile_size: int = TILE_SIZE,
+    tile_size: int = TILE_SIZE, rule: str = "mean",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The tile rectangle [x0, x1) × [y0, y1) (tile indices, int64, exclusive ends) each Gaussian covers.
 
-    x0 = clamp(floor((u − r)/16), 0, tiles_x), x1 = clamp(floor((u + r + 15)/16), 0, tiles_x), y likewise.
-    The rectangle is empty (x1 ≤ x0 or y1 ≤ y0) when the square [u−r, u+r]×[v−r, v+r] misses the tile grid."""
+    rule "mean": x0 = clamp(floor((u − r)/16), 0, tiles_x), x1 = clamp(floor((u + r + 15)/16), 0, tiles_x);
+    rule "pixel" (CUDA `getRect`): the same from the integer-pixel mean u − 0.5 with truncation toward zero. y
+    likewise. The rectangle is empty (x1 ≤ x0 or y1 ≤ y0) when the square of half-width r misses the tile grid."""
     tiles_x = (width + tile_size - 1) // tile_size
     tiles_y = (height + tile_size - 1) // tile_size
     u, v = means2d.detach().unbind(-1)
     r = radii.to(u.dtype)
-    x0 = torch.floor((u - r) / tile_size).clamp(0, tiles_x).long()
-    x1 = torch.floor((u + r + tile_size - 1) / tile_size).clamp(0, tiles_x).long()
-    y0 = torch.floor((v - r) / tile_size).clamp(0, tiles_y).long()
-    y1 = torch.floor((v + r + tile_size - 1) / tile_size).clamp(0, tiles_y).long()
+    if rule == "mean":
+        rnd = torch.floor
+    elif rule == "pixel":
+        rnd, u, v = torch.trunc, u - 0.5, v - 0.5
+    else:
+        raise ValueError(f"tile_rect: rule must be 'mean' or 'pixel', got {rule!r}")
+    x0 = rnd((u - r) / tile_size).clamp(0, tiles_x).long()
+    x1 = rnd((u + r + tile_size - 1) / tile_size).clamp(0, tiles_x).long()
+    y0 = rnd((v - r) / tile_size).clamp(0, tiles_y).long()
+    y1 = rnd((v + r + tile_size - 1) / tile_size).clamp(0, tiles_y).long()
     return x0, x1, y0, y1
 
 
-def project(gaussians: Gaussians, cameras: Cameras, sh_degree: int | None = None) -> Projection:
+def sh_view_origins(cameras: Cameras, rules: RasterRules, dtype: torch.dtype) -> Float[Tensor, "C 3"]:
+    """Where each camera's SH view directions start: its centre, or minus it (`rules.sh_view_origin`)."""
+    centers = cameras.centers.to(dtype)
+    return centers if rules.sh_view_origin == "center" else -centers
+
+
+def project(
+    gaussians: Gaussians, cameras: Cameras, sh_degree: int | None = None, rules: RasterRules | None = None,
+) -> Projection:
     """Project `gaussians` into every camera of `cameras` (same device and dtype expected).
 
-    `sh_degree` defaults to the Gaussians' full degree. Differentiable w.r.t. every Gaussian parameter (not the
-    cameras). Shapes: see `Projection`."""
+    `sh_degree` defaults to the Gaussians' full degree; `rules` to `RasterRules()`. Differentiable w.r.t. every
+    Gaussian parameter (not the cameras). Shapes: see `Projection`."""
+    rules = DEFAULT_RULES if rules is None else rules
     sh_degree = gaussians.sh_degree if sh_degree is None else int(sh_degree)
     if not 0 <= sh_degree <= gaussians.sh_degree:
         raise ValueError(f"sh_degree must be in [0, {gaussians.sh_degree}] for these Gaussians, got {sh_degree}")
@@ -86,7 +108,9 @@ def project(gaussians: Gaussians, cameras: Cameras, sh_degree: int | None = None
     rot_wc, trans = w2c[:, :3, :3], w2c[:, :3, 3]  # C 3 3, C 3
     p = torch.einsum("cij,nj->cni", rot_wc, gaussians.means) + trans[:, None, :]  # C N 3
     x, y, z = p.unbind(-1)
-    in_depth = (z > cameras.near) & (z < cameras.far)
+    in_depth = z > cameras.near
+    if rules.far_cull:
+        in_depth = in_depth & (z < cameras.far)
     z_safe = torch.where(in_depth, z, torch.ones_like(z))  # no 1/0 in culled entries (keeps gradients finite)
 
     fx, fy = k[:, 0, 0, None], k[:, 1, 1, None]  # C 1
@@ -119,17 +143,18 @@ def project(gaussians: Gaussians, cameras: Cameras, sh_degree: int | None = None
 
     with torch.no_grad():
         mid = 0.5 * (a + c)
-        lam_max = mid + torch.sqrt((mid * mid - det).clamp_min(0.0))
+        lam_max = mid + torch.sqrt((mid * mid - det).clamp_min(float(rules.radius_floor)))
         radii = torch.ceil(3.0 * torch.sqrt(lam_max.clamp_min(0.0))).clamp(max=MAX_RADIUS)  # no int32 overflow
         radii = torch.where(ok, radii, torch.zeros_like(radii)).to(torch.int32)
-        x0, x1, y0, y1 = tile_rect(means2d, radii, width, height)
+        x0, x1, y0, y1 = tile_rect(means2d, radii, width, height, rule=rules.tile_rect)
         radii = torch.where((x1 > x0) & (y1 > y0), radii, torch.zeros_like(radii))
         visible = radii > 0
 
     means2d = torch.where(visible[..., None], means2d, torch.zeros_like(means2d))
     conics = torch.where(visible[..., None], conics, torch.zeros_like(conics))
 
-    dirs = torch.nn.functional.normalize(gaussians.means[None] - cameras.centers.to(dtype)[:, None, :], dim=-1)
+    origins = sh_view_origins(cameras, rules, dtype)
+    dirs = torch.nn.functional.normalize(gaussians.means[None] - origins[:, None, :], dim=-1)
     colors = eval_sh(sh_degree, gaussians.sh[None].expand(num_cams, -1, -1, -1), dirs)
     opacities = gaussians.opacities[None].expand(num_cams, n)
     return Projection(means2d, conics, z, radii, colors, opacities)

@@ -4,8 +4,16 @@ Backends (all follow the render contract; `reference` is the oracle the others a
 - ``"reference"``: pure PyTorch (`_reference.composite_reference`), CPU or CUDA, float32/float64; slow but exact.
 - ``"cpu"``: the C++/OpenMP kernel (`_cpu.composite_cpu`, built on first use); CPU tensors only.
 - ``"gsplat"``: gsplat's CUDA rasterizer (optional extra; float32, CUDA tensors only).
-- ``"auto"``: CUDA tensors → gsplat when it imports and a guarded first call works (and dtype is float32), else
-  reference; CPU tensors → cpu when the extension builds/loads, else reference with a one-time warning.
+- ``"auto"``: CUDA tensors → gsplat when it imports, a guarded first call works, the dtype is float32 and it can
+  follow the `rules`, else reference; CPU tensors → cpu when the extension builds/loads, else reference with a
+  one-time warning.
+
+Renderer rules: `rules=RasterRules.inria()` switches the reference and cpu backends to the Inria/GDM CUDA kernel's
+tile rectangle, radius, culling, α-clamp gradient and [0, 1] image clamp; `RasterRules.gd_object_release()` adds
+the released GD object model's SH view origin (see `rules.py`). The default `RasterRules()` is gdensify's contract.
+
+Projection: the `cpu` backend projects in C++ (`_cpu.project_cpu`) by default; `projection="torch"` selects the
+PyTorch twin (`projection.project`, which the `reference` backend always uses unless `projection="cpp"`).
 
 View-space gradients: `out.means2d` is the projected-means tensor itself. When it requires grad, `loss.backward()`
 fills `out.means2d.grad` (dL/dmeans2d, pixels) and `out.means2d.absgrad` (Σ_pixels |per-pixel dL/dmeans2d|,
@@ -26,8 +34,10 @@ from ..cameras import Cameras
 from ..gaussians import Gaussians
 from ._reference import composite_reference
 from .projection import project
+from .rules import DEFAULT_RULES, RasterRules
 
 BACKENDS = ("auto", "reference", "cpu", "gsplat")
+PROJECTIONS = ("auto", "torch", "cpp")
 
 
 @dataclass
@@ -104,7 +114,8 @@ def available_backends(device: torch.device | str = "cpu") -> dict[str, str]:
     return status
 
 
-def _resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+def _resolve_backend(backend: str, device: torch.device, dtype: torch.dtype,
+                     rules: RasterRules = DEFAULT_RULES) -> str:
     global _warned_fallback
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -117,9 +128,10 @@ def _resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> 
     if backend != "auto":
         return backend
     if device.type == "cuda":
-        from ._gsplat import gsplat_status  # noqa: PLC0415
+        from ._gsplat import gsplat_status, unsupported_rules  # noqa: PLC0415
 
-        return "gsplat" if dtype == torch.float32 and gsplat_status(device)[0] else "reference"
+        usable = dtype == torch.float32 and not unsupported_rules(rules) and gsplat_status(device)[0]
+        return "gsplat" if usable else "reference"
     if device.type == "cpu":
         fn, reason = _load_cpu()
         if fn is not None:
@@ -140,6 +152,8 @@ def rasterize(
     sh_degree: int | None = None,
     *,
     means2d_grad: bool = False,
+    rules: RasterRules | None = None,
+    projection: str = "auto",
 ) -> RenderOutput:
     """Render `gaussians` into every camera of `cameras`.
 
@@ -152,6 +166,10 @@ def rasterize(
         sh_degree: active SH degree, ≤ the Gaussians' degree; None = all of it.
         means2d_grad: make `out.means2d` differentiable even when the Gaussians are not (a detached leaf), so that a
             backward gives the view-space gradients used for densification without gradients to the Gaussians.
+        rules: renderer rules (`RasterRules`); None = `RasterRules()`. gsplat raises ValueError for the rules its
+            kernel cannot follow.
+        projection: "auto" (C++ for the cpu backend, PyTorch otherwise), "torch" (the PyTorch twin) or "cpp" (the
+            C++ projection; CPU tensors, reference or cpu backend). Same results up to float rounding.
 
     Returns:
         RenderOutput with image (C,H,W,3), alpha (C,H,W,1), depth (C,H,W,1), radii (C,N) int32, means2d (C,N,2).
@@ -162,6 +180,12 @@ def rasterize(
         raise TypeError(f"rasterize needs a Cameras, got {type(cameras).__name__}")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if projection not in PROJECTIONS:
+        raise ValueError(f"unknown projection {projection!r}; choose one of {', '.join(PROJECTIONS)}")
+    if rules is None:
+        rules = DEFAULT_RULES
+    elif not isinstance(rules, RasterRules):
+        raise TypeError(f"rules must be a RasterRules, got {type(rules).__name__}")
     gaussians.validate()
     device, dtype = gaussians.device, gaussians.dtype
     if cameras.world_to_camera.device != device:
@@ -173,22 +197,33 @@ def rasterize(
     sh_degree = int(sh_degree)
     num_cams = len(cameras)
     background = _check_background(background, num_cams, dtype, device)
-    name = _resolve_backend(backend, device, dtype)
+    name = _resolve_backend(backend, device, dtype, rules)
 
     if name == "gsplat":
+        if projection == "cpp":
+            raise ValueError("projection='cpp' needs the reference or cpu backend (gsplat projects on CUDA itself)")
         from ._gsplat import rasterize_gsplat  # noqa: PLC0415
 
         image, alpha, depth, radii, means2d = rasterize_gsplat(gaussians, cameras, background, sh_degree,
-                                                               means2d_grad)
-        return RenderOutput(image, alpha, depth, radii, means2d, name)
+                                                               means2d_grad, rules)
+        return RenderOutput(_clamp(image, rules), alpha, depth, radii, means2d, name)
 
-    if name == "cpu":
-        composite, reason = _load_cpu()
-        if composite is None:
+    use_cpp = projection == "cpp" or (projection == "auto" and name == "cpu")
+    if use_cpp and device.type != "cpu":
+        raise ValueError(f"projection='cpp' needs CPU tensors, got device {device}; use projection='torch'")
+    composite = composite_reference
+    if name == "cpu" or use_cpp:
+        composite_cpu, reason = _load_cpu()
+        if composite_cpu is None:
             raise RuntimeError(f"the cpu backend is unavailable: {reason}")
+        if name == "cpu":
+            composite = composite_cpu
+    if use_cpp:
+        from ._cpu import project_cpu  # noqa: PLC0415
+
+        proj = project_cpu(gaussians, cameras.to(dtype), sh_degree, rules)
     else:
-        composite = composite_reference
-    proj = project(gaussians, cameras.to(dtype), sh_degree)
+        proj = project(gaussians, cameras.to(dtype), sh_degree, rules)
     means2d = proj.means2d
     if torch.is_grad_enabled():
         if means2d.requires_grad:
@@ -196,8 +231,13 @@ def rasterize(
         elif means2d_grad:
             means2d = means2d.detach().requires_grad_(True)
     image, alpha, depth = composite(means2d, proj.conics, proj.colors, proj.opacities, proj.depths, proj.radii,
-                                    background, cameras.width, cameras.height)
-    return RenderOutput(image, alpha, depth, proj.radii, means2d, name)
+                                    background, cameras.width, cameras.height, rules=rules)
+    return RenderOutput(_clamp(image, rules), alpha, depth, proj.radii, means2d, name)
+
+
+def _clamp(image: Tensor, rules: RasterRules) -> Tensor:
+    """The image clamped to [0, 1] when `rules.clamp_image` (zero gradient outside), else unchanged."""
+    return image.clamp(0.0, 1.0) if rules.clamp_image else image
 
 
 def _check_background(background, num_cams: int, dtype, device) -> Tensor:
