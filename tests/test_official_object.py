@@ -118,45 +118,43 @@ def test_merged_fine_set(run):
     assert_close(merged.quats, t["out.fine.rotation"], 1e-3, "quaternions")
 
 
-def test_end_to_end_with_released_render_rules(run):
-    """Renders with the released object model's renderer rules (SH view origin −t_c2w, CUDA tile rectangle and
-    radius, near-only culling at 0.2, gradient through the α clamp, [0, 1] clamp): coarse renders, AbsGS selection
-    on all coarse Gaussians, refinement on our own renders, densifier, merged fine set and its renders."""
-    rules_module = pytest.importorskip("gdensify.render.rules")
-    from gdensify.render import rasterize
+def test_end_to_end_through_the_public_api(run, monkeypatch):
+    """`model(ViewBatch) -> Reconstruction` on the fixture's inputs, with the loaded model's own renderer (SH view
+    origin −t_c2w, CUDA tile rectangle and radius, near-only culling at 0.2, gradient through the α clamp, [0, 1]
+    clamp): the coarse set in voxel order, the AbsGS selection on all coarse Gaussians, the fine set (densified
+    first, then the kept coarse Gaussians with refined SH, as the release orders them) and `Reconstruction.render`
+    into all 8 views."""
+    from gdensify.data.batch import ViewBatch, ViewExample
+    from gdensify.models import gd as gd_module
 
-    t, model, g = run["tensors"], run["model"], run["coarse"]
-    rules = rules_module.RasterRules.gd_object_release()
+    t, model = run["tensors"], run["model"]
     size = 64
-    cameras = Cameras.from_camera_to_world(t["inputs.tar_c2w"][0], t["inputs.tar_ixt"][0], size, size, near=0.2)
-    background = t["inputs.bg_color"][0]
-    images = t["inputs.tar_rgb"][:, :4]
+    cameras = Cameras.from_camera_to_world(t["inputs.tar_c2w"][0], t["inputs.tar_ixt"][0], size, size)
+    images, background = t["inputs.tar_rgb"][0], t["inputs.bg_color"][0]
+    batch = ViewBatch.collate([ViewExample(images[:4], cameras[:4], images[4:], cameras[4:], background[4:],
+                                           "object_small", input_background=background[0])])
+    captured = {}
+    select = gd_module.select_from_renders
+    monkeypatch.setattr(gd_module, "select_from_renders",
+                        lambda *a, **k: captured.setdefault("selection", select(*a, **k)))
+    with torch.inference_mode():
+        out = model(batch)
+        renders = {which: out.render([cameras], background[None], which)[0] for which in ("coarse", "fine")}
+    coarse, fine = out.coarse[0], out.fine[0]
+    assert_close(coarse.means, t["out.coarse.centers"], 1e-5, "coarse means")
+    assert_close(coarse.sh, t["out.coarse.shs"], 1e-5, "coarse SH")
+    selection = captured["selection"]
+    assert_close(selection.scores, t["out.select.scores"], 1e-6, "selection scores", rtol=1e-4)
+    assert torch.equal(selection.index, t["out.select.selected_index"].sort().values)
+    assert len(fine) == t["out.fine.centers"].shape[0] == 5256
+    assert_close(fine.means, t["out.fine.centers"], 1e-4, "fine means")
+    assert_close(fine.sh, t["out.fine.shs"], 1e-3, "fine SH")
+    assert_close(fine.opacity_logits, t["out.fine.opacity"][:, 0], 1e-3, "fine opacity logits")
+    assert_close(fine.log_scales, t["out.fine.scaling"], 1e-3, "fine log-scales")
+    assert_close(fine.quats, t["out.fine.rotation"], 1e-3, "fine quaternions")
 
-    def official(name, channels):
-        return t[name][0].reshape(size, 8, size, channels).permute(1, 0, 2, 3)
+    def official(name: str) -> torch.Tensor:
+        return t[name][0].reshape(size, 8, size, 3).permute(1, 0, 2, 3)
 
-    with torch.no_grad():
-        coarse = rasterize(g, cameras, background=background, backend="cpu", rules=rules)
-    assert_close(coarse.image, official("out.render.image", 3), 1e-2, "coarse render")
-    assert_close(coarse.alpha, official("out.render.acc_map", 1), 1e-2, "coarse alpha")
-    with torch.enable_grad():  # AbsGS over all coarse Gaussians, one MSE over the 4 input views
-        detached = type(g)(*(x.detach() for x in (g.means, g.quats, g.log_scales, g.opacity_logits, g.sh)))
-        out = rasterize(detached, cameras[:4], background=background[:4], backend="cpu", rules=rules,
-                        means2d_grad=True)
-        (out.image - images[0]).square().mean().backward()
-    scores = (out.means2d.absgrad * (size / 2)).sum(0).norm(dim=-1)  # pixels → NDC units, as the kernel reports
-    assert_close(scores, t["out.select.scores"], 1e-6, "selection scores", rtol=1e-4)
-    selected = torch.topk(scores, model.config.selection.k).indices.sort().values
-    assert torch.equal(selected, t["out.select.selected_index"].sort().values)
-    with torch.no_grad():
-        inputs = rasterize(g, cameras[:4], background=background[:4], backend="cpu", rules=rules)
-        refined = model.backbone.refine(model.backbone.encode(images, [cameras[:4]]), images, inputs.image[None],
-                                        inputs.alpha[None], inputs.depth[None])[0]
-        result = model.densifier(refined.gaussians.means[selected], refined.features[selected],
-                                 torch.zeros(len(selected), dtype=torch.long))
-        merged, _ = merge_with_coarse(refined.gaussians, torch.zeros(len(refined.index), dtype=torch.long),
-                                      selected, result, num_objects=1)
-        fine = rasterize(merged, cameras, background=background, backend="cpu", rules=rules)
-    assert_close(merged.means, t["out.fine.centers"], 1e-4, "fine means")
-    assert_close(merged.sh, t["out.fine.shs"], 1e-3, "fine SH")
-    assert_close(fine.image, official("out.render.image_fine", 3), 1e-2, "fine render")
+    assert_close(renders["coarse"], official("out.render.image"), 1e-2, "coarse renders")
+    assert_close(renders["fine"], official("out.render.image_fine"), 1e-2, "fine renders")

@@ -35,6 +35,7 @@ from torch import Tensor
 from ..cameras import Cameras
 from ..gaussians import Gaussians
 from ..render.rasterize import RenderOutput, means2d_grad_to_ndc
+from ..render.rules import RasterRules
 from ._ops import counts_of, rank_within_segments, take
 
 
@@ -46,6 +47,9 @@ class SelectionConfig:
     reduction: Literal["mean", "sum"] = "mean"
     units: Literal["pixels", "ndc"] = "pixels"
     min_opacity: float = 0.005
+    # the loss differentiated: Σ_v MSE_v ("sum") or the released code's one MSE over all input views, (1/V)·Σ_v MSE_v
+    # ("mean"); a constant factor V on every score, so the ranking is the same
+    view_loss: Literal["sum", "mean"] = "sum"
 
     def __post_init__(self) -> None:
         if self.k < 0:
@@ -56,6 +60,8 @@ class SelectionConfig:
             raise ValueError(f"SelectionConfig.gradient must be 'plain' or 'absolute', got {self.gradient!r}")
         if self.reduction not in ("mean", "sum"):
             raise ValueError(f"SelectionConfig.reduction must be 'mean' or 'sum', got {self.reduction!r}")
+        if self.view_loss not in ("sum", "mean"):
+            raise ValueError(f"SelectionConfig.view_loss must be 'sum' or 'mean', got {self.view_loss!r}")
         if self.units not in ("pixels", "ndc"):
             raise ValueError(f"SelectionConfig.units must be 'pixels' or 'ndc', got {self.units!r}")
 
@@ -65,8 +71,8 @@ class SelectionConfig:
         NDC units, K = 12,000), ``released_scene`` (plain, summed, K = 30,000 per view)."""
         presets = {
             "paper": dict(),
-            "released_object": dict(gradient="absolute", reduction="sum", units="ndc"),
-            "released_scene": dict(k=30_000, gradient="plain", reduction="sum", units="ndc"),
+            "released_object": dict(gradient="absolute", reduction="sum", units="ndc", view_loss="mean"),
+            "released_scene": dict(k=30_000, gradient="plain", reduction="sum", units="ndc", view_loss="mean"),
         }
         if name not in presets:
             raise ValueError(f"unknown selection preset {name!r}; expected one of {sorted(presets)}")
@@ -93,26 +99,28 @@ def _detached(t: Tensor) -> Tensor:
 
 def render_for_selection(
     gaussians: Gaussians, cameras: Cameras, background: Tensor | None = None, backend: str = "auto",
-    sh_degree: int | None = None,
+    sh_degree: int | None = None, rules: RasterRules | None = None,
 ) -> RenderOutput:
     """Render detached copies of `gaussians` with a differentiable 2-D-mean leaf (`means2d_grad=True`), so that
     `render_gradients` can read the view-space gradients; works under `torch.no_grad()` and
-    `torch.inference_mode()`, and sends no gradient to whatever produced the Gaussians."""
+    `torch.inference_mode()`, and sends no gradient to whatever produced the Gaussians. `rules`: the renderer
+    rules (`render.RasterRules`; default gdensify's own)."""
     from ..render import rasterize  # noqa: PLC0415  (render is only needed by the selection step)
 
     with torch.inference_mode(False), torch.enable_grad():
         g = Gaussians(*(_detached(t) for t in (gaussians.means, gaussians.quats, gaussians.log_scales,
                                                gaussians.opacity_logits, gaussians.sh)))
         bg = None if background is None else _detached(background)
-        return rasterize(g, cameras, bg, backend=backend, sh_degree=sh_degree, means2d_grad=True)
+        return rasterize(g, cameras, bg, backend=backend, sh_degree=sh_degree, means2d_grad=True, rules=rules)
 
 
 def render_gradients(
     renders: Sequence[RenderOutput], images: Sequence[Float[Tensor, "C H W 3"]], absolute: bool = False,
-    ndc: bool = False,
+    ndc: bool = False, view_mean: bool = False,
 ) -> list[Float[Tensor, "C N 2"]]:
-    """For each render (one per object, C input views), the gradient of Σ_v MSE(render_v, image_v) w.r.t. its
-    2-D means (= ∇ of each view's own MSE), in pixels or NDC units; zero where a Gaussian is not rendered. One
+    """For each render (one per object, C input views), the gradient of Σ_v MSE(render_v, image_v) (with
+    `view_mean`, of their mean over the C views) w.r.t. its 2-D means (= ∇ of each view's own MSE, or 1/C of it),
+    in pixels or NDC units; zero where a Gaussian is not rendered. One
     backward for all renders; `torch.autograd.grad` with the graph kept, so a render that is also part of a
     training graph (e.g. LaRa's refinement inputs) can be reused and no gradient reaches any parameter."""
     renders = list(renders)
@@ -127,7 +135,7 @@ def render_gradients(
         for out, imgs in zip(renders, images):
             if out.means2d.requires_grad and out.image.requires_grad:
                 per_view = (out.image - _detached(imgs).to(out.image.dtype)).square().mean(dim=(1, 2, 3))
-                losses.append(per_view.sum())
+                losses.append(per_view.mean() if view_mean else per_view.sum())
                 leaves.append(out.means2d)
         plain = torch.autograd.grad(sum(losses), leaves, retain_graph=True) if losses else []
     grads, used = [], iter(plain)
@@ -151,16 +159,16 @@ def render_gradients(
 def view_space_gradients(
     gaussians: Gaussians, cameras: Cameras, images: Float[Tensor, "C H W 3"],
     background: Tensor | None = None, absolute: bool = False, backend: str = "auto",
-    sh_degree: int | None = None, ndc: bool = False,
+    sh_degree: int | None = None, ndc: bool = False, view_mean: bool = False,
 ) -> Float[Tensor, "C N 2"]:
-    """Per-view gradient of Σ_v MSE(render_v, image_v) w.r.t. the 2-D means, from detached copies of the
-    Gaussians. (C, N, 2), zero where a Gaussian is not rendered."""
+    """Per-view gradient of Σ_v MSE(render_v, image_v) (or their mean) w.r.t. the 2-D means, from detached copies
+    of the Gaussians. (C, N, 2), zero where a Gaussian is not rendered."""
     c = len(cameras)
     expected = (c, cameras.height, cameras.width, 3)
     if tuple(images.shape) != expected:
         raise ValueError(f"images must have shape {expected} for these cameras, got {tuple(images.shape)}")
     render = render_for_selection(gaussians, cameras, background, backend, sh_degree)
-    return render_gradients([render], [images], absolute, ndc)[0]
+    return render_gradients([render], [images], absolute, ndc, view_mean)[0]
 
 
 def gradient_scores(grads: Float[Tensor, "C N 2"], reduction: str = "mean") -> Float[Tensor, " N"]:
@@ -183,7 +191,7 @@ def score_gaussians(
     grads = None
     if cfg.method == "gradient":
         grads = view_space_gradients(gaussians, cameras, images, background, cfg.gradient == "absolute", backend,
-                                     sh_degree, cfg.units == "ndc")
+                                     sh_degree, cfg.units == "ndc", cfg.view_loss == "mean")
     return _scores(gaussians, grads, cfg, generator)
 
 
@@ -246,7 +254,8 @@ def select_from_renders(
             held = None if renders is None else [out.means2d.shape[1] for out in renders]
             raise ValueError(f"gradient selection needs one render per object holding its Gaussians: renders hold "
                              f"{held}, the batch index {counts}")
-        grads = render_gradients(renders, images, cfg.gradient == "absolute", cfg.units == "ndc")
+        grads = render_gradients(renders, images, cfg.gradient == "absolute", cfg.units == "ndc",
+                                 cfg.view_loss == "mean")
     scores = torch.full((n,), -float("inf"), dtype=gaussians.dtype, device=gaussians.device)
     for b, grad in enumerate(grads):
         if counts[b] == 0:

@@ -28,11 +28,11 @@ from torch import nn
 from ..data.batch import ViewBatch
 from ..densify import DensifierConfig, GenerativeDensifier, merge_with_coarse
 from ..densify.selection import SelectionConfig, render_for_selection, select_from_renders
-from ..render import RenderOutput, rasterize
+from ..render import RasterRules, RenderOutput, rasterize
 from .backbone import Backbone, Coarse, backbone_config_from_dict, build_backbone
 from .lara import LaRaConfig
 from .mvsplat import MVSplatConfig
-from .output import Reconstruction
+from .output import Reconstruction, with_near
 from .view_tokens import ConditioningConfig
 
 
@@ -46,10 +46,19 @@ class GDConfig:
     selection: SelectionConfig = field(default_factory=lambda: SelectionConfig.preset("released_object"))
     densify: bool = True
     render_backend: str = "auto"
+    # how every render of this model's Gaussians is made (selection, conditioning, `Reconstruction.render`):
+    # renderer rules, and a near plane replacing the cameras' (None: keep it). The released object model renders
+    # with `RasterRules.gd_object_release()` and near 0.2 (the CUDA kernel's).
+    render_rules: RasterRules = field(default_factory=RasterRules)
+    render_near: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.backbone, dict):
             self.backbone = backbone_config_from_dict(self.backbone)
+        if isinstance(self.render_rules, dict):
+            self.render_rules = RasterRules(**self.render_rules)
+        if self.render_near is not None and not self.render_near > 0:
+            raise ValueError(f"render_near must be positive, got {self.render_near}")
         if not self.densify:
             return
         width = self.backbone.gd_feature_dim
@@ -133,20 +142,24 @@ class GDModel(nn.Module):
         """Every item's coarse Gaussians rendered into its input views over its input background, with
         differentiable 2-D means (module docstring, step 2)."""
         in_graph = self.backbone.render_in_graph and torch.is_grad_enabled()
-        backend = self.config.render_backend
+        cfg = self.config
         renders = []
         for gaussians, cameras, background in zip(coarse.sets(), batch.input_cameras, batch.input_backgrounds):
+            cameras = with_near(cameras, cfg.render_near)
             if in_graph:
-                renders.append(rasterize(gaussians, cameras, background, backend=backend, means2d_grad=True))
+                renders.append(rasterize(gaussians, cameras, background, backend=cfg.render_backend,
+                                         means2d_grad=True, rules=cfg.render_rules))
             else:
-                renders.append(render_for_selection(gaussians, cameras, background, backend))
+                renders.append(render_for_selection(gaussians, cameras, background, cfg.render_backend,
+                                                    rules=cfg.render_rules))
         return renders
 
     def forward(self, batch: ViewBatch, generator: torch.Generator | None = None) -> Reconstruction:
         coarse = self.backbone(batch, generator)
         coarse_sets = coarse.sets()
+        look = dict(rules=self.config.render_rules, near=self.config.render_near)
         if self.densifier is None:
-            return Reconstruction(coarse_sets)
+            return Reconstruction(coarse_sets, **look)
 
         renders = self.render_inputs(coarse, batch)
         selection = select_from_renders(coarse.gaussians, coarse.item, coarse.num_items, renders,
@@ -174,4 +187,4 @@ class GDModel(nn.Module):
             "n_selected": torch.tensor(len(selection) / n),
             "n_fine": torch.tensor(len(merged) / n),
         }
-        return Reconstruction(coarse_sets, fine_sets, diagnostics)
+        return Reconstruction(coarse_sets, fine_sets, diagnostics, **look)

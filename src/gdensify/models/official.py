@@ -53,6 +53,7 @@ from ..cameras import Cameras
 from ..densify import DensifierConfig, attributes_to_gaussians
 from ..densify.selection import SelectionConfig
 from ..gaussians import Gaussians
+from ..render.rules import RasterRules
 from .lara import LaRaConfig
 from .mvsplat import MVSplatConfig
 from .view_tokens import ConditioningConfig
@@ -430,7 +431,8 @@ def translate_object_config(official: Mapping[str, Any], residual: bool | None =
         fixed.update(mask="softmax", head_before_split=True, residual_attributes=True, coord_scale=2.0)
     densifier = _densifier_config(model, where, backbone.feature_dim, cell, backbone.sh_degree, **fixed)
     selection = SelectionConfig.preset("released_object", k=int(_get(model, "k_num", 12_000, where)))
-    config = GDConfig(backbone=backbone, densifier=densifier, selection=selection)
+    config = GDConfig(backbone=backbone, densifier=densifier, selection=selection,
+                      render_rules=RasterRules.gd_object_release(), render_near=0.2)
     return TranslatedConfig("gd-object-residual" if residual else "gd-object", config, (size[0], size[1]))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -11,16 +12,24 @@ from torch import Tensor
 
 from ..cameras import Cameras
 from ..gaussians import Gaussians
-from ..render import rasterize
+from ..render import RasterRules, rasterize
+
+
+def with_near(cameras: Cameras, near: float | None) -> Cameras:
+    """`cameras` with another near plane (None: unchanged)."""
+    return cameras if near is None else dataclasses.replace(cameras, near=float(near))
 
 
 @dataclass
 class Reconstruction:
-    """Per-item Gaussians. `fine` is None for a coarse-only model (densifier disabled)."""
+    """Per-item Gaussians. `fine` is None for a coarse-only model (densifier disabled). `rules` and `near` are how
+    the model that made them renders (`GDConfig.render_rules`, `render_near`); `render` uses them."""
 
     coarse: list[Gaussians]
     fine: list[Gaussians] | None = None
     diagnostics: dict[str, Tensor] = field(default_factory=dict)
+    rules: RasterRules | None = None
+    near: float | None = None
 
     def gaussians(self, which: Literal["coarse", "fine"]) -> list[Gaussians]:
         if which == "fine":
@@ -31,9 +40,10 @@ class Reconstruction:
 
     def render(self, cameras: list[Cameras], backgrounds: Float[Tensor, "batch view 3"],
                which: Literal["coarse", "fine"] = "fine", backend: str = "auto") -> Float[Tensor, "batch view h w 3"]:
-        """Render every item's Gaussians into its cameras over per-view backgrounds (float32)."""
+        """Render every item's Gaussians into its cameras over per-view backgrounds (float32), the way the model
+        renders (its rules and near plane)."""
         images = []
         for gaussians, cams, bg in zip(self.gaussians(which), cameras, backgrounds):
-            images.append(rasterize(gaussians.to(dtype=torch.float32), cams, background=bg.float(),
-                                    backend=backend).image)
+            images.append(rasterize(gaussians.to(dtype=torch.float32), with_near(cams, self.near),
+                                    background=bg.float(), backend=backend, rules=self.rules).image)
         return torch.stack(images)
