@@ -24,6 +24,13 @@ def _demo(args: argparse.Namespace) -> int:
     args.data = args.data or str(sample_data(kind))
     args.out = args.out or f"outputs/demo/{kind}s"
     code = _reconstruct(args)
+    if code == 0 and kind == "object" and not args.video:  # one orbit video, the way people look at objects
+        from .io.video import item_orbit_video
+
+        first = sorted(p for p in Path(args.out).iterdir() if (p / "fine.ply").is_file())[0]
+        video = item_orbit_video(first, n_frames=args.frames, size=args.size or 256, progress=not args.no_progress,
+                                 overwrite=True)
+        print(f"orbit video (coarse | GD) of {first.name}: {video}")
     print(f"demo finished in {time.perf_counter() - start:.1f} s")
     return code
 
@@ -180,10 +187,13 @@ def _reconstruct(args: argparse.Namespace) -> int:
 
     model, checkpoint, path = _load(args)
     dataset, source = _workload(args, model, checkpoint)
+    frames = args.frames if args.video else 0
     rows = reconstruct_examples(model, (dataset[i] for i in range(len(dataset))), args.out, source.nearest_input,
-                                len(dataset), progress=not args.no_progress)
+                                len(dataset), progress=not args.no_progress, video_frames=frames,
+                                video_size=args.size, object_centric=source.item_label == "objects")
     _report(args, rows, source.item_label, path, model)
-    print(f"per item under {args.out}: coarse.ply, fine.ply and comparison.png (input | coarse | GD | truth)")
+    extra = ", video.mp4 (coarse | GD)" if frames else ""
+    print(f"per item under {args.out}: coarse.ply, fine.ply, comparison.png (input | coarse | GD | truth){extra}")
     return 0
 
 
@@ -302,6 +312,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", metavar="key=value",
                        help="model.* / data.* settings, e.g. data.n_inputs=3 model.selection.k=500")
 
+    def video_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--video", action="store_true", help="also a coarse | GD video per item (orbit for objects, "
+                       "a path through the input cameras for scenes)")
+        p.add_argument("--frames", type=int, default=120, help="video frames")
+        p.add_argument("--size", type=int, default=None,
+                       help="video frame width in pixels (default: 256 for objects, the input size for scenes)")
+
     train = sub.add_parser("train", help="train a model: --config tiny|paper|FILE.yaml [key=value ...]")
     train.add_argument("--config", default="tiny", help="preset (tiny, paper) or YAML file")
     train.add_argument("--resume", metavar="RUN_DIR", default=None,
@@ -323,10 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
     recon = sub.add_parser("reconstruct", help="objects or scenes → coarse.ply, fine.ply and comparison images")
     recon.add_argument("--data", required=True, help=data_help)
     model_args(recon, "outputs/reconstruct")
+    video_args(recon)
     recon.set_defaults(run=_reconstruct)
 
     demo = sub.add_parser("demo", help="reconstruct the shipped sample objects (or scenes) with the shipped model")
     model_args(demo, None)
+    video_args(demo)
     demo.add_argument("--data", default=None, help="what to reconstruct (default: the shipped samples)")
     demo.add_argument("--builtin", action="store_true",
                       help="instead, render the built-in Gaussian scene (no model) to PNG and .ply")

@@ -23,7 +23,10 @@ from .cameras import Cameras
 from .data.batch import ViewExample
 from .evaluation.evaluate import evaluate_example
 from .evaluation.metrics import load_lpips_vgg
+from .gaussians import Gaussians
 from .io import save_ply, save_png, side_by_side
+from .io.video import orbit_around, render_orbit_video
+from .render.camera_paths import interpolate
 
 
 def _fit_height(image: torch.Tensor, height: int) -> torch.Tensor:
@@ -51,11 +54,32 @@ def comparison_image(example: ViewExample, coarse: torch.Tensor, fine: torch.Ten
     return torch.cat([x for r in rows for x in (r, gap)][:-1])
 
 
+def scene_up(cameras: Cameras) -> torch.Tensor:
+    """The world's up direction as the input cameras see it: minus their mean image-y axis (OpenCV y points down)."""
+    y_axes = cameras.camera_to_world[:, :3, 1].double()
+    up = -y_axes.mean(dim=0)
+    return up / up.norm().clamp_min(1e-12)
+
+
+def video_cameras(inputs: Cameras, object_centric: bool, gaussians: Gaussians, frames: int,
+                  size: int | None = None) -> Cameras:
+    """The camera path of an item's video, in the model's frame: an orbit around the object (up as the input
+    cameras see it; `size`² frames, default 256), or for scenes a smooth path through the input cameras (SLERP
+    rotations, spline positions; frames `size` wide, default the inputs' resolution: pixel-aligned Gaussians
+    leave gaps at finer resolutions)."""
+    if object_centric:
+        return orbit_around(gaussians, frames, size or 256, size or 256, up=scene_up(inputs).tolist())
+    path = interpolate(inputs, frames)
+    return path if size is None else path.resized(size, round(size * inputs.height / inputs.width))
+
+
 def reconstruct_examples(model: nn.Module, examples: Iterable[ViewExample], out_dir: str | os.PathLike,
                          nearest: Callable[[Cameras, Cameras], list[int]], total: int | None = None,
-                         progress: bool = True) -> list[dict[str, Any]]:
+                         progress: bool = True, video_frames: int = 0, video_size: int | None = None,
+                         object_centric: bool = True) -> list[dict[str, Any]]:
     """Every example through the model: `.ply` files (in the dataset's frame: `example.to_dataset_frame`), a
-    comparison image and the metric row (`evaluate_example`) per item."""
+    comparison image and the metric row (`evaluate_example`) per item; with `video_frames`, also `video.mp4`
+    (coarse | GD side by side along `video_cameras`; a GIF without imageio-ffmpeg)."""
     out_dir = Path(out_dir)
     lpips_model = load_lpips_vgg()
     device = next(model.parameters()).device
@@ -71,5 +95,11 @@ def reconstruct_examples(model: nn.Module, examples: Iterable[ViewExample], out_
         image = comparison_image(example, result.renders["coarse"].cpu(), None if fine is None else fine.cpu(),
                                  nearest(example.input_cameras, example.target_cameras))
         save_png(image, target / "comparison.png")
+        if video_frames and out.fine is not None:
+            sets = [g.detach().to(device="cpu", dtype=torch.float32) for g in (out.coarse[0], out.fine[0])]
+            path = video_cameras(example.input_cameras.to("cpu"), object_centric, sets[1], video_frames, video_size)
+            bg = example.target_backgrounds[0].tolist()
+            render_orbit_video(sets, ["coarse", "GD"], path, target / "video.mp4", background=bg,
+                               progress=False, overwrite=True)
         rows.append(result.row)
     return rows
