@@ -220,15 +220,17 @@ def blender_splits(root: str | os.PathLike) -> list[str]:
 
 
 def find_blender_objects(path: str | os.PathLike) -> list[Path]:
-    """`path` itself if it is an object folder (has transforms_*.json), else its sub-folders that are (sorted)."""
+    """`path` itself if it is an object folder (has transforms_SPLIT.json), else its sub-folders that are (sorted;
+    hidden and staging folders are never objects). A lone `transforms.json` is a capture (`data.formats`)."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such folder")
-    if blender_splits(path) or (path / "transforms.json").is_file():
+    if blender_splits(path):
         return [path]
-    found = sorted(p for p in path.iterdir() if p.is_dir() and (blender_splits(p) or (p / "transforms.json").is_file()))
+    found = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".") and blender_splits(p))
     if not found:
-        raise FileNotFoundError(f"{path}: neither an object folder (transforms_*.json) nor a folder of them")
+        raise FileNotFoundError(f"{path}: neither an object folder (transforms_train.json, transforms_test.json) "
+                                "nor a folder of them")
     return found
 
 
