@@ -198,7 +198,8 @@ def _reconstruct(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
-    """Render a `.ply` from a ring of cameras around the origin (or along a camera path into a video)."""
+    """Render a `.ply` from `--views` cameras of a camera path (default: an orbit around the Gaussians, wherever
+    they are), as one PNG, or along the path into a video."""
     if args.video:
         from .io.video import render_video_command
 
@@ -207,13 +208,19 @@ def _render(args: argparse.Namespace) -> int:
                                        args.depth, args.overwrite, not args.no_progress)
         print("wrote " + ", ".join(map(str, written)))
         return 0
-    from .builtin_scene import orbit_cameras
+    import math
+
     from .io import load_ply, save_png, side_by_side
+    from .io.video import path_cameras
     from .render import rasterize
 
+    if args.views < 1:
+        raise ValueError(f"--views must be >= 1, got {args.views}")
     gaussians = load_ply(args.ply)
-    cameras = orbit_cameras(args.views, args.resolution, args.resolution, radius=args.distance)
-    render = rasterize(gaussians, cameras, background=torch.ones(3), backend=args.backend)
+    cameras = path_cameras(args.path, gaussians, args.views, args.resolution, args.resolution, args.cameras,
+                           math.radians(args.elevation), args.up, args.orbit_radius)
+    with torch.inference_mode():
+        render = rasterize(gaussians, cameras, background=torch.ones(3), backend=args.backend)
     path = save_png(side_by_side(list(render.image)), args.out)
     print(f"rendered {len(gaussians):,} Gaussians from {args.ply} into {path}")
     if args.depth:
@@ -361,7 +368,6 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--out", default="outputs/render.png")
     render.add_argument("--views", type=int, default=4)
     render.add_argument("--resolution", type=int, default=256)
-    render.add_argument("--distance", type=float, default=2.0)
     render.add_argument("--backend", choices=backends, default="auto")
     render.add_argument("--video", metavar="OUT.mp4", default=None,
                         help="render along --path into a video (.mp4, or .gif) instead of the PNG ring")
