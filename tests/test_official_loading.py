@@ -159,7 +159,7 @@ def test_lightning_checkpoint_file(tmp_path, mvsplat):
     model = load_official_checkpoint(path, official_config=config)
     assert model.config.densify is False
     assert not model.training and all(p.dtype == torch.float32 for p in model.parameters())
-    with pytest.raises(ValueError, match="no such checkpoint"):
+    with pytest.raises(FileNotFoundError, match="no weight file"):
         load_official_checkpoint(tmp_path / "missing.ckpt")
     (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="bad.ckpt: cannot read"):

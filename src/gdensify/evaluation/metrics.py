@@ -34,11 +34,12 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
+
+from ..io.weights import read_state_dict
 
 __all__ = [
     "psnr", "psnr_pooled", "mse", "ssim", "ms_ssim", "ms_ssim_window", "LPIPSVGG", "load_lpips_vgg", "lpips_vgg",
@@ -174,30 +175,16 @@ class LPIPSVGG(nn.Module):
         return total
 
 
-def _read_state_dict(path: Path) -> dict[str, Tensor]:
-    if not path.is_file():
-        raise FileNotFoundError(f"LPIPS weights file {path} not found")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+def _lpips_key(key: str) -> str:
+    """lpips's own module names (net.slice{s}.{i}.weight) → ours (features.{i}.weight); other names unchanged."""
+    if key.startswith("net.slice"):
+        parts = key.split(".", 3)
+        return f"features.{parts[2]}.{parts[3]}"
+    return key
 
-            sd = load_file(str(path))
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any decoding failure is reported with the file name
-        raise ValueError(f"{path}: cannot read LPIPS/VGG weights ({type(e).__name__}: {e})") from e
-    if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
-        sd = sd["state_dict"]
-    if not isinstance(sd, Mapping):
-        raise ValueError(f"{path}: expected a state dict (mapping of names to tensors)")
-    out = {}
-    for k, v in sd.items():
-        if not isinstance(v, Tensor):
-            continue
-        if k.startswith("net.slice"):  # lpips's own module names: net.slice{s}.{i}.weight → features.{i}.weight
-            k = "features." + k.split(".", 3)[2] + "." + k.split(".", 3)[3]
-        out[k] = v
-    return out
+
+def _read_state_dict(path: Path) -> dict[str, Tensor]:
+    return {_lpips_key(k): v for k, v in read_state_dict(path).items()}
 
 
 def lpips_weight_paths() -> list[Path]:

@@ -53,6 +53,7 @@ from ..cameras import Cameras
 from ..densify import DensifierConfig, attributes_to_gaussians
 from ..densify.selection import SelectionConfig
 from ..gaussians import Gaussians
+from ..io.weights import read_state_dict
 from ..render.rules import RasterRules
 from .lara import LaRaConfig
 from .mvsplat import MVSplatConfig
@@ -511,26 +512,13 @@ def translate_config(kind: str, official_config: Mapping[str, Any] | None = None
 # ---------------------------------------------------------------------------------------------- loading
 def read_official_state_dict(source: str | os.PathLike | Mapping[str, Tensor]) -> dict[str, Tensor]:
     """The tensors of an official checkpoint: a Lightning ``.ckpt`` (its ``state_dict``), a torch file holding a
-    state dict, a ``.safetensors`` file, or an already loaded mapping. Loaded with ``weights_only=True``."""
-    if isinstance(source, Mapping):
-        state = source
-        where = "state dict"
-    else:
-        where = os.fspath(source)
-        if not os.path.isfile(where):
-            raise ValueError(f"{where}: no such checkpoint file")
-        try:
-            if where.endswith(".safetensors"):
-                from safetensors.torch import load_file  # noqa: PLC0415
-                state = load_file(where)
-            else:
-                state = torch.load(where, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001
-            raise ValueError(f"{where}: cannot read the checkpoint ({err})") from err
-    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
-        state = state["state_dict"]
-    if not isinstance(state, Mapping) or not state or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{where}: does not hold a state dict of tensors")
+    state dict, a ``.safetensors`` file (`io.weights.read_state_dict`, ``weights_only=True``), or an already loaded
+    mapping."""
+    if not isinstance(source, Mapping):
+        return read_state_dict(source)
+    state = source["state_dict"] if isinstance(source.get("state_dict"), Mapping) else source
+    if not state or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError("state dict: does not hold a state dict of tensors")
     return dict(state)
 
 
