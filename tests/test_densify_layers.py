@@ -9,20 +9,8 @@ import torch
 from gdensify.densify._ops import keep_counts, rank_within_segments, segment_mean, segment_softmax, top_ratio_mask
 from gdensify.densify.layers import (
     FINE_LOG_SCALE_SHIFT, OPACITY_SHIFT, GaussianHead, LearnableMask, Upsample, attributes_to_gaussians,
-    positional_encoding, split_opacity_logits, straight_through,
+    positional_encoding, split_opacity_logits,
 )
-
-
-def test_ste_forward_is_identity_and_gradient_goes_through_p():
-    torch.manual_seed(0)
-    f = torch.randn(20, 6, dtype=torch.float64, requires_grad=True)
-    p = torch.rand(20, dtype=torch.float64, requires_grad=True)
-    out = straight_through(f, p)
-    assert torch.equal(out, f)  # bit-exact forward
-    g = torch.randn(20, 6, dtype=torch.float64)
-    out.backward(g)
-    torch.testing.assert_close(f.grad, p.detach()[:, None] * g)
-    torch.testing.assert_close(p.grad, (f.detach() * g).sum(1))
 
 
 def test_sigmoid_mask_keeps_ceil_ratio_per_object_and_is_exact_in_forward():

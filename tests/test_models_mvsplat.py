@@ -58,7 +58,6 @@ def test_paper_parameter_count_matches_mvsplat():
     cfg = model.config
     assert cfg.feature_dim == 163 and cfg.raw_channels == 84 and cfg.num_depth_candidates == 128
     assert cfg.size_multiple == 16
-    assert "total" in model.parameter_table()
 
 
 # ----------------------------------------------------------------------------------------------------------- forward
@@ -83,8 +82,6 @@ def test_tiny_forward_shapes_finite_and_depth_in_range():
     scene = out.scene_gaussians(0).validate()
     assert len(scene) == v * h * w and scene.sh_degree == cfg.sh_degree
     assert len(out.view_gaussians(0, 1)) == h * w
-    assert out.scene_features(0).shape == (v * h * w, cfg.feature_dim)
-    torch.testing.assert_close(out.view_features(0, 1), out.scene_features(0)[h * w:])
     index = out.view_index()
     assert index.shape == (v * h * w,) and index[0] == 0 and index[-1] == v - 1 and (index == 1).sum() == h * w
     # the view index and flat order agree: view 1's Gaussians are the second half
@@ -283,7 +280,7 @@ def test_rotmat_to_quat_round_trip():
 # ----------------------------------------------------------------------------------------------------------- weights
 def test_feature_backbone_loads_from_local_file(tmp_path):
     source = tiny_model(seed=1)
-    state = source.feature_backbone_state_dict()
+    state = {k: v for k, v in source.state_dict().items() if k.startswith(("cnn.", "transformer."))}
     # UniMatch-style names: the CNN is "backbone.*"
     unimatch = {("backbone." + k[4:] if k.startswith("cnn.") else k): v for k, v in state.items()}
     unimatch["upsampler.0.weight"] = torch.zeros(3)  # a key outside the feature backbone: ignored

@@ -220,35 +220,6 @@ class GenerativeDensifier(nn.Module):
             nn.init.zeros_(layer.head.feat2attr[-1].weight)
             nn.init.zeros_(layer.head.feat2attr[-1].bias)
 
-    # ------------------------------------------------------------------ released checkpoints
-    @staticmethod
-    def released_key(key: str) -> str | None:
-        """Our parameter name for a key of the released object checkpoint (``net.dec.{s}.block{b}.…``,
-        ``net.dec.{s}.{up,mask,head}.…``; the ``net.`` prefix is optional); None for keys outside the decoder."""
-        parts = key.split(".")
-        if parts and parts[0] == "net":
-            parts = parts[1:]
-        if len(parts) < 3 or parts[0] != "dec" or not parts[1].isdigit():
-            return None
-        layer, module, rest = parts[1], parts[2], parts[3:]
-        if module.startswith("block") and module[5:].isdigit():
-            return ".".join(["layers", layer, "blocks", module[5:], *rest])
-        if module in ("up", "mask", "head"):
-            return ".".join(["layers", layer, module, *rest])
-        return None
-
-    def load_released_state_dict(self, state_dict: dict[str, Tensor], strict: bool = True):
-        """Load the decoder weights of a released GD object checkpoint (its ``state_dict``, Lightning's
-        ``net.`` prefix included or not). Needs ``norm="layernorm"`` (the released decoder has no adaptive-norm
-        weights). The sparse-conv weights keep spconv's (C_out, 3, 3, 3, C_in) layout and offset convention (see
-        `point_transformer`). `gdensify.models.official` loads whole official checkpoints."""
-        mapped = {}
-        for key, value in state_dict.items():
-            ours = self.released_key(key)
-            if ours is not None:
-                mapped[ours] = value
-        return self.load_state_dict(mapped, strict=strict)
-
     def extra_repr(self) -> str:
         c = self.config
         return (f"channels={c.channels}, up_factors={c.up_factors}, keep_ratios={c.keep_ratios}, norm={c.norm}, "

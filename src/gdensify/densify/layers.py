@@ -22,7 +22,7 @@ from ..gaussians import Gaussians
 from ._ops import segment_softmax, take, top_ratio_mask
 from .point_transformer import DropPath, GlobalAdaptiveLayerNorm
 
-# Released object-model defaults (gd_official_spec.md §1.6, §3.9, Appendix A).
+# Released object-model defaults (GD `configs/base.yaml`; GD paper, Appendix A).
 OPACITY_SHIFT = -2.1792  # σ(−2.1792) ≈ 0.1016
 FINE_LOG_SCALE_SHIFT = math.log(0.03125 / 48)  # ln(0.5·voxel/24), voxel = 2/64: −7.3369
 
@@ -150,12 +150,6 @@ class LearnableMask(nn.Module):
         fp = feat * p[:, None]
         base = feat.detach() if self.activation == "sigmoid" else (feat * keep[:, None].to(feat.dtype)).detach()
         return base + (fp - fp.detach()), keep, p
-
-
-def straight_through(feat: Tensor, p: Tensor) -> Tensor:
-    """f + (f·p − sg(f·p)): forward value f exactly, gradient p·g to f and Σ f·g to p."""
-    fp = feat * p[:, None]
-    return feat.detach() + (fp - fp.detach())
 
 
 class GaussianHead(nn.Module):

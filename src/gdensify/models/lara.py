@@ -1,15 +1,13 @@
 """LaRa-style object backbone: posed images → coarse 3D Gaussians on a voxel grid + per-Gaussian GD features.
 
-This is the object-level backbone of Generative Densification (spec `gd_official_spec.md` §1.2–1.8, Appendix B
-steps 1–6 and 10). The lead composes it with selection and the densifier (`models/object_gd.py`):
+This is the object-level backbone of Generative Densification (the official GD object `Network`,
+`lightning/network.py`, built on LaRa's). It implements the backbone contract (`models/backbone.py`) that the one
+GD pipeline (`models/gd.py`) drives:
 
-    coarse = backbone(images, cameras)                       # steps 1–6, fully batched over objects
-    render coarse.gaussians(i) into all views                # step 7 (renderer, not here)
-    selection scores from the input-view MSE gradient        # step 8 (densify/selection.py)
-    masks = visible_masks(coarse, training=..., generator=g) # step 9 (visible set, LaRa `_check_mask`)
-    refined = backbone.refine(coarse, images, rgb, alpha,    # step 10: LaRa refinement → GD features
-                              depth, masks)                  #   (renders of the INPUT views, kept in the graph)
-    densifier(refined[i].gaussians.means[sel], refined[i].features[sel]) ...   # steps 11–12
+    coarse = backbone(batch, generator)   # `encode` (steps 1–5) + the visible set (candidates, LaRa `_check_mask`)
+    ... GDModel renders the coarse Gaussians into the input views once and selects from that render ...
+    backbone.condition(coarse, batch, render, index)   # step 6: LaRa refinement of the visible Gaussians from the
+                                                       # render (kept in the graph) → GD features, refined SH
 
 Pipeline (shapes for the `paper` preset, B objects × V ≤ 4 input views of 512²):
 1. `img_encoder`: ImageNet-normalised images → DINO ViT-B/16 (`vit.py`) → 32² patch tokens × 768 (class token
@@ -38,8 +36,8 @@ object-major order (object 0's V views first). When the cameras' width/height di
 intrinsics are rescaled to the image resolution. At most `max_views` (4) input views: the view embedding has one
 slot per input position.
 
-Parameter names equal the official GD `Network` state dict without the `net.` prefix (§6), so
-`load_official_state_dict` loads a released checkpoint's backbone strictly. Quirks kept on purpose (§8.10):
+Parameter names equal the official GD `Network` state dict without the `net.` prefix, so
+`load_official_state_dict` loads a released checkpoint's backbone strictly. Quirks kept on purpose:
 the +0.5 pixel shift before normalising sample coordinates (`sample_pixel_shift`, 0.5 in `paper`, 0 in `tiny`),
 block LayerNorms with eps 1e-5 (the constructor's eps is ignored upstream), fp32 head outputs.
 """
@@ -129,7 +127,7 @@ class LaRaConfig(Presets):
         if self.image_size % self.encoder.patch_size:
             raise ValueError(f"image_size {self.image_size} not a multiple of patch {self.encoder.patch_size}")
 
-    # ------------------------------------------------------------------ derived quantities (Appendix A)
+    # ------------------------------------------------------------------ derived quantities (GD paper, Appendix A)
     @property
     def gaussian_grid_size(self) -> int:
         """Gaussians per axis (one per voxel of the up-sampled volume)."""
@@ -156,7 +154,7 @@ class LaRaConfig(Presets):
 
     @property
     def fine_log_scale_shift(self) -> float:
-        """The densifier's log-scale shift for new Gaussians, ln(cell/24) (= −7.3369 in `paper`, Appendix A)."""
+        """The densifier's log-scale shift for new Gaussians, ln(cell/24) (= −7.3369 in `paper`, GD paper, Appendix A)."""
         return math.log(self.cell_size / 24.0)
 
     @property
@@ -533,7 +531,7 @@ class LaRaBackbone(Backbone):
         return sampled.reshape(bv, c, f, f, f).to(tokens.dtype)
 
     def encode(self, images: Float[Tensor, "b v h w 3"], cameras: Cameras | Sequence[Cameras]) -> LaRaCoarse:
-        """Steps 1–6 of Appendix B for B objects at once: coarse Gaussians and voxel features."""
+        """Steps 1–5 of the module docstring for B objects at once: coarse Gaussians and voxel features."""
         cfg = self.config
         if images.ndim != 5 or images.shape[-1] != 3:
             raise ValueError(f"images must have shape (B, V, H, W, 3), got {tuple(images.shape)}")
@@ -653,7 +651,7 @@ def visible_masks(
     coarse: LaRaCoarse | Float[Tensor, "b n"], threshold: float = 0.005, training: bool = False,
     min_ratio: float = 1e-3, dense_ratio: float = 0.5, generator: torch.Generator | None = None,
 ) -> Bool[Tensor, "b n"]:
-    """Visible set per object, LaRa/GD `_check_mask` (spec §2.4): σ(opacity logit) > threshold, detached.
+    """Visible set per object, LaRa/GD `_check_mask` (`lightning/network.py`): σ(opacity logit) > threshold, detached.
 
     If fewer than `min_ratio` of an object's Gaussians pass, each failing one is added with probability 0.2
     (training and evaluation). In training only, if more than `dense_ratio` pass, each passing one is kept with

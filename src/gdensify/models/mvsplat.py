@@ -1,6 +1,6 @@
 """MVSplat-style scene backbone: posed context views → one pixel-aligned Gaussian per pixel per view.
 
-Architecture (MVSplat, `shared/reference/paper_and_mvsplat.md` §4a; blocks in `mvsplat_layers.py`, geometry in
+Architecture (MVSplat, Chen et al. 2024, `src/model/encoder/encoder_costvolume.py`; blocks in `mvsplat_layers.py`, geometry in
 `mvsplat_geometry.py`):
 
 1. Feature backbone: CNN (UniMatch-style residual blocks, InstanceNorm, channels 64→96→128) to 1/4 resolution,
@@ -22,7 +22,7 @@ Architecture (MVSplat, `shared/reference/paper_and_mvsplat.md` §4a; blocks in `
    initial = final = 0 is the identity), i.e. opacity comes from the refinement net that sees the matching
    confidence.
 6. Gaussian head on the per-pixel feature [refinement output ‖ RGB ‖ full-res features] (163 channels in the
-   `paper` preset; exported as `features`: the GD densifier's per-Gaussian input, §3b): conv3×3 → GELU → conv3×3 to
+   `paper` preset; exported as `features`: the GD densifier's per-Gaussian input): conv3×3 → GELU → conv3×3 to
    2 sub-pixel offsets + 3 scales + 4 quaternion + 3·(d+1)² SH.
 7. Gaussian adapter (MVSplat's): mean = camera centre + unit ray direction × depth (`depth_mode="ray"`: the
    plane-sweep depth is used as a distance along the normalised ray, as MVSplat does; `"z"` places it at camera z
@@ -84,7 +84,7 @@ from .mvsplat_layers import IMAGENET_MEAN, IMAGENET_STD, CNNEncoder, MultiViewTr
 from .view_tokens import VIEW_TOKEN_DIM, ConditioningConfig, ViewConditioning, sample_view_tokens, token_maps
 
 # The `paper` preset's parameter count is checked against this: MVSplat's "#Param (M) 12" in the GD project page's
-# RealEstate10K table (shared/reference/paper_and_mvsplat.md §1b).
+# RealEstate10K table.
 PAPER_PARAMETERS_M = 12.0
 
 
@@ -274,7 +274,7 @@ class MVSplatConfig(Presets):
 # ---------------------------------------------------------------------------------------------------------------------
 @dataclass
 class MVSplatOutput:
-    """Per-pixel coarse Gaussians of every context view, batched, plus what GD needs (§3b).
+    """Per-pixel coarse Gaussians of every context view, batched, plus what GD needs.
 
     Gaussian fields are raw in the library's convention (quaternion wxyz unnormalised, log-scales, opacity logits,
     SH (K, 3) in world axes). `head_output` is the Gaussian head's raw [scale | quaternion | SH] (camera axes,
@@ -326,14 +326,6 @@ class MVSplatOutput:
     def gaussians(self) -> list[Gaussians]:
         """One `Gaussians` per scene (the coarse set)."""
         return [self.scene_gaussians(b) for b in range(self.batch_size)]
-
-    def scene_features(self, b: int) -> Float[Tensor, "N F"]:
-        """Per-Gaussian features of scene b in the order of `scene_gaussians(b)`."""
-        return self.features[b].reshape(-1, self.features.shape[-1])
-
-    def view_features(self, b: int, v: int) -> Float[Tensor, "N F"]:
-        """Per-Gaussian features of view v of scene b in the order of `view_gaussians(b, v)`."""
-        return self.features[b, v].reshape(-1, self.features.shape[-1])
 
     def raw_attributes(self) -> Float[Tensor, "B V H W A"]:
         """Every Gaussian before the adapter, in the layout of the densifier's HEAD (`densify.layers.GaussianHead`):
@@ -414,16 +406,6 @@ class MVSplatBackbone(Backbone):
         "depth_refine": ("depth_refine", "disparity_head"),
         "gaussian_head": ("gaussian_head",),
     }
-
-    def parameter_table(self) -> str:
-        counts = self.parameter_counts()
-        width = max(len(k) for k in counts)
-        lines = [f"{k:<{width}}  {v:>12,}" for k, v in counts.items()]
-        return "\n".join(lines)
-
-    def feature_backbone_state_dict(self) -> dict[str, Tensor]:
-        """State dict of the feature backbone (`cnn.*`, `transformer.*`), the part `load_feature_backbone` reads."""
-        return {k: v for k, v in self.state_dict().items() if k.startswith(("cnn.", "transformer."))}
 
     @staticmethod
     def _map_backbone_key(key: str) -> str | None:
@@ -656,7 +638,7 @@ class MVSplatBackbone(Backbone):
     def activate_attributes(self, raw_scales: Tensor, raw_quats: Tensor, raw_sh: Tensor, distance: Tensor,
                             camera_to_world: Tensor, intrinsics: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """`mvsplat_geometry.adapt_attributes` with this model's scale range → (log_scales, quats, sh) in world
-        axes; for GD's fine Gaussians pass distance = ‖mean − camera centre‖ (§3b step 5)."""
+        axes; for GD's fine Gaussians pass distance = ‖mean − camera centre‖ (`finalize`)."""
         cfg = self.config
         return adapt_attributes(raw_scales, raw_quats, raw_sh, distance, camera_to_world, intrinsics,
                                 cfg.scale_min, cfg.scale_max, cfg.scale_multiplier, cfg.sh_rotation)

@@ -246,7 +246,7 @@ def adapt_attributes(
     sh_rotation: str = "exact",
 ) -> tuple[Float[Tensor, "*batch 3"], Float[Tensor, "*batch 4"], Float[Tensor, "*batch K 3"]]:
     """MVSplat's activation of raw per-Gaussian attributes predicted in a camera's axes → world-space
-    (log_scales, quats wxyz, sh), usable for the coarse Gaussians and for GD's fine ones (§3b step 5).
+    (log_scales, quats wxyz, sh), usable for the coarse Gaussians and for GD's fine ones.
 
     - scale = (scale_min + (scale_max − scale_min)·sigmoid(raw))·distance·scale_multiplier·pixel_footprint(K),
       returned as its log; `distance` is the depth along the ray for the coarse Gaussians, ‖mean − camera
