@@ -156,62 +156,48 @@ class GenerativeDensifier(nn.Module):
             self._check_initial_attributes(initial_attributes, coords.shape[0])
         batch = batch.long()
         global_feat = segment_mean(features, batch, B) if cfg.norm == "adaptive" else None
-        feat = features if self.embed is None else self.embed(features)
-        coord = coords * cfg.coord_scale
-        grid = cfg.grid_size * cfg.coord_scale
-        origin = torch.arange(coords.shape[0], device=coords.device)
-        attr = initial_attributes
+        point = PointBatch(coords * cfg.coord_scale, features if self.embed is None else self.embed(features), batch,
+                           B, cfg.grid_size * cfg.coord_scale, global_feat, cfg.cpe_duplicates,
+                           cfg.serialization_ties, origin=torch.arange(coords.shape[0], device=coords.device),
+                           attr=initial_attributes)
         shuffle = cfg.shuffle_orders and (self.training or cfg.shuffle_orders_eval)
-        out_coord, out_attr, out_batch, out_origin, out_layer, stats = [], [], [], [], [], []
-
+        leaves, stats = [], []
         for index, layer in enumerate(self.layers):
-            if coord.shape[0] == 0:
+            if len(point) == 0:
                 break
-            points_in = counts_of(batch, B)
-            point = PointBatch(coord, feat, batch, B, grid, global_feat, cfg.cpe_duplicates, cfg.serialization_ties)
+            points_in = point.counts
             point.serialize(cfg.orders, shuffle=shuffle, generator=generator)
             for i, block in enumerate(layer.blocks):
                 point = block(point, i, generator)
-            coord, feat, batch, parent = _chunked_up(layer.up, point.coord, point.feat, batch, grid, global_feat,
-                                                     generator, cfg.row_chunk)
-            origin = take(origin, parent)
-            if attr is not None:
-                attr = take(attr, parent)
+            coord, feat, batch, parent = _chunked_up(layer.up, point.coord, point.feat, point.batch, point.grid_size,
+                                                     global_feat, generator, cfg.row_chunk)
+            point = point.select(parent, coord=coord, feat=feat, batch=batch)  # the children, with their payload
             if cfg.head_before_split:
-                a = _chunked_rows(layer.head, feat, cfg.row_chunk)
-                attr = attr + a if (attr is not None and cfg.residual_attributes) else a
-            points_up = counts_of(batch, B)
+                a = _chunked_rows(layer.head, point.feat, cfg.row_chunk)
+                point.attr = point.attr + a if (point.attr is not None and cfg.residual_attributes) else a
+            points_up = point.counts
+            probs = None
             if layer.mask is None:
-                keep = torch.zeros(coord.shape[0], dtype=torch.bool, device=coord.device)
-                probs = None
+                keep = torch.zeros(len(point), dtype=torch.bool, device=point.coord.device)
             else:
-                feat, keep, probs = layer.mask(feat, batch, B)
-            leaf = torch.nonzero(~keep, as_tuple=False).flatten()
-            kept = torch.nonzero(keep, as_tuple=False).flatten()
-            if cfg.head_before_split:
-                leaf_attr = take(attr, leaf)
-            else:
-                leaf_attr = _chunked_rows(layer.head, take(feat, leaf), cfg.row_chunk)
-            out_coord.append(take(coord, leaf))
-            out_attr.append(leaf_attr)
-            out_batch.append(take(batch, leaf))
-            out_origin.append(take(origin, leaf))
-            out_layer.append(torch.full((leaf.numel(),), index, dtype=torch.long, device=coord.device))
-            stats.append(LayerStats(points_in, points_up, counts_of(take(batch, leaf), B),
-                                    counts_of(take(batch, kept), B), None if probs is None else probs.detach(),
-                                    None if probs is None else keep))
-            coord, feat, batch, origin = take(coord, kept), take(feat, kept), take(batch, kept), take(origin, kept)
-            attr = take(attr, kept) if attr is not None else None
-            grid = grid / 2
+                point.feat, keep, probs = layer.mask(point.feat, point.batch, B)
+            leaf = point.select(torch.nonzero(~keep, as_tuple=False).flatten())
+            if not cfg.head_before_split:
+                leaf.attr = _chunked_rows(layer.head, leaf.feat, cfg.row_chunk)
+            leaves.append((leaf, index))
+            point = point.select(torch.nonzero(keep, as_tuple=False).flatten(), grid_size=point.grid_size / 2)
+            stats.append(LayerStats(points_in, points_up, leaf.counts, point.counts,
+                                    None if probs is None else probs.detach(), None if probs is None else keep))
 
-        all_batch = torch.cat(out_batch)
+        all_batch = torch.cat([leaf.batch for leaf, _ in leaves])
         order = torch.argsort(all_batch, stable=True)  # object, then layer, then creation order
-        means = take(torch.cat(out_coord) / cfg.coord_scale, order)
-        attributes = take(torch.cat(out_attr), order)
+        means = take(torch.cat([leaf.coord for leaf, _ in leaves]) / cfg.coord_scale, order)
+        attributes = take(torch.cat([leaf.attr for leaf, _ in leaves]), order)
+        layers = torch.cat([torch.full((len(leaf),), i, dtype=torch.long, device=means.device) for leaf, i in leaves])
         gaussians = attributes_to_gaussians(means, attributes, cfg.sh_degree, cfg.opacity_shift,
                                             cfg.log_scale_shift)
-        return DensifierResult(gaussians, take(all_batch, order), take(torch.cat(out_layer), order),
-                               take(torch.cat(out_origin), order), attributes, B, stats)
+        return DensifierResult(gaussians, take(all_batch, order), take(layers, order),
+                               take(torch.cat([leaf.origin for leaf, _ in leaves]), order), attributes, B, stats)
 
     def zero_init_heads(self) -> None:
         """Zero the last linear layer of every HEAD: the heads' corrections start at exactly zero (used with

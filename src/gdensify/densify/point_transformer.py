@@ -175,6 +175,8 @@ class PointBatch:
     global_feat: Tensor | None = None  # (B, C_global): per-object pooled feature for adaptive normalization
     duplicates: str = "mean"  # sparse-conv rule for several points in one cell: "mean" | "spconv_cpu" (module doc)
     ties: str = "stable"  # serialization order of points with equal codes: "stable" | "released"
+    origin: Int[Tensor, " N"] | None = None  # payload: the densifier input row each point descends from
+    attr: Float[Tensor, "N A"] | None = None  # payload: raw Gaussian attributes accumulated so far (residual sum)
     grid_coord: Tensor | None = None
     order_names: tuple[str, ...] = ()
     serialized_code: Tensor | None = None
@@ -185,6 +187,17 @@ class PointBatch:
 
     def __len__(self) -> int:
         return self.coord.shape[0]
+
+    def select(self, index: Int[Tensor, " M"], **changes) -> "PointBatch":
+        """The points at `index`: every per-point tensor (coordinates, features, object index, payload) taken, the
+        per-object ones and the rules kept, serialization and caches dropped; `changes` replace fields after."""
+        def pick(t: Tensor | None) -> Tensor | None:
+            return None if t is None else take(t, index)
+
+        fields_ = dict(coord=take(self.coord, index), feat=take(self.feat, index), batch=take(self.batch, index),
+                       num_objects=self.num_objects, grid_size=self.grid_size, global_feat=self.global_feat,
+                       duplicates=self.duplicates, ties=self.ties, origin=pick(self.origin), attr=pick(self.attr))
+        return PointBatch(**{**fields_, **changes})
 
     @property
     def counts(self) -> Tensor:

@@ -183,30 +183,6 @@ class MVSplatConfig(Presets):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"MVSplatConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
-    # ------------------------------------------------------------------ presets
-    @staticmethod
-    def paper() -> "MVSplatConfig":
-        """MVSplat's RealEstate10K model (config/experiment/re10k.yaml over costvolume.yaml): ~12 M parameters."""
-        return MVSplatConfig()
-
-    @staticmethod
-    def released(**overrides) -> "MVSplatConfig":
-        """The `paper` shapes with every released-code switch on (module docstring): what published MVSplat and
-        GD-scene checkpoints need to reproduce their outputs."""
-        base = dict(window_mask="additive", cost_volume_grid="released", upsample_align_corners=True,
-                    sh_rotation="e3nn")
-        return MVSplatConfig(**{**base, **overrides})
-
-    @staticmethod
-    def tiny() -> "MVSplatConfig":
-        """Trains on 2 CPU cores at 64²–128² with 2 views; same structure, small channels, 32 depth candidates."""
-        return MVSplatConfig(
-            cnn_channels=(16, 24, 32), d_feature=32, transformer_layers=2, transformer_heads=1, ffn_expansion=2,
-            attn_splits=2, num_depth_candidates=32, costvolume_unet_channels=32,
-            costvolume_unet_channel_mult=(1, 1, 1), costvolume_unet_attn_levels=(4,), costvolume_depth_chunk=32,
-            depth_unet_channels=16, depth_unet_channel_mult=(1, 1, 1, 1), depth_unet_attn_levels=(8,),
-            unet_head_channels=16, sh_degree=2,
-        )
         if isinstance(self.conditioning, dict):
             self.conditioning = ConditioningConfig(**self.conditioning)
         if self.leaf_init not in ("zero", "parent"):
