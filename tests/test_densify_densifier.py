@@ -219,16 +219,16 @@ def test_bad_inputs_give_clear_errors():
         DensifierConfig(keep_ratios=(0.8, 0.5))
     with pytest.raises(ValueError, match="num_blocks"):
         DensifierConfig(num_blocks=(2,))
-    with pytest.raises(ValueError, match="unknown densifier preset"):
+    with pytest.raises(ValueError, match="unknown DensifierConfig preset"):
         DensifierConfig.preset("huge")
 
 
 def test_config_dict_round_trip_and_overrides():
-    from gdensify.config import ConfigError, apply_overrides
+    from gdensify.config import ConfigError, apply_overrides, from_dict, to_dict
 
     cfg = DensifierConfig.preset("paper_scene")
-    assert DensifierConfig.from_dict(cfg.to_dict()) == cfg
-    assert DensifierConfig.from_dict({"preset": "paper_scene", "norm": "layernorm"}) == cfg.replace(norm="layernorm")
+    assert from_dict(DensifierConfig, to_dict(cfg)) == cfg
+    assert DensifierConfig.preset("paper_scene", norm="layernorm") == cfg.replace(norm="layernorm")
     assert apply_overrides(cfg, ["keep_ratios=[0.6,0.8,1.0]"]).keep_ratios == (0.6, 0.8, 1.0)
     with pytest.raises(ConfigError, match="norm"):
         apply_overrides(cfg, ["norm=batchnorm"])

@@ -149,6 +149,6 @@ def test_random_selection_and_errors():
         select_gaussians(gauss, batch + 1, cams, images, backend=BACKEND)
     with pytest.raises(ValueError, match="reduction"):
         gradient_scores(torch.zeros(1, 2, 2), "median")
-    with pytest.raises(ValueError, match="unknown selection preset"):
+    with pytest.raises(ValueError, match="unknown SelectionConfig preset"):
         SelectionConfig.preset("best")
     assert SelectionConfig.preset("released_object").gradient == "absolute"

@@ -32,14 +32,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..config import Presets
 from .point_transformer import DUPLICATE_RULES
 from .serialization import ORDERS, TIES
 
-_PRESETS = ("paper_object", "paper_scene", "tiny")
-
-
 @dataclass
-class DensifierConfig:
+class DensifierConfig(Presets):
     in_channels: int = 160  # feature size of the selected Gaussians
     channels: tuple[int, ...] = (160, 256)  # block width of every layer
     num_blocks: tuple[int, ...] = (2, 2)
@@ -156,39 +154,17 @@ class DensifierConfig:
             n = kept if keep < 1.0 else 0
         return total
 
-    # ------------------------------------------------------------------ presets and dicts
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "DensifierConfig":
-        if name == "paper_object":
-            base = cls()
-        elif name == "paper_scene":
-            base = cls(in_channels=320, channels=(320, 256, 128), num_blocks=(2, 2, 2), up_factors=(2, 2, 2),
-                       keep_ratios=(0.5, 0.8, 1.0), grid_size=0.01, offset_scale=0.1, mask="softmax",
-                       head_before_split=True, residual_attributes=True, sh_degree=4, opacity_shift=0.0,
-                       log_scale_shift=math.log(0.01 / 8))
-        elif name == "tiny":
-            base = cls(in_channels=32, channels=(32, 32), num_blocks=(1, 1), up_factors=(2, 4),
-                       keep_ratios=(0.8, 1.0), grid_size=1.0 / 32, patch_size=16, mlp_ratio=2.0, drop_path=0.1)
-        else:
-            raise ValueError(f"unknown densifier preset {name!r}; expected one of {_PRESETS}")
-        return base.replace(**overrides) if overrides else base
+    # ------------------------------------------------------------------ presets
+    PRESETS = {
+        "paper_object": {},  # the released object decoder (160/256 channels, factors 2/4, keep 0.8)
+        "paper_scene": dict(in_channels=320, channels=(320, 256, 128), num_blocks=(2, 2, 2), up_factors=(2, 2, 2),
+                            keep_ratios=(0.5, 0.8, 1.0), grid_size=0.01, offset_scale=0.1, mask="softmax",
+                            head_before_split=True, residual_attributes=True, sh_degree=4, opacity_shift=0.0,
+                            log_scale_shift=math.log(0.01 / 8)),
+        "tiny": dict(in_channels=32, channels=(32, 32), num_blocks=(1, 1), up_factors=(2, 4), keep_ratios=(0.8, 1.0),
+                     grid_size=1.0 / 32, patch_size=16, mlp_ratio=2.0, drop_path=0.1),
+    }
 
     def replace(self, **changes: Any) -> "DensifierConfig":
         return dataclasses.replace(self, **changes)
 
-    def to_dict(self) -> dict[str, Any]:
-        from ..config import to_dict  # noqa: PLC0415
-
-        return to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DensifierConfig":
-        """Typed construction (keys and types checked by `gdensify.config.from_dict`); an optional ``preset`` key
-        names the preset the other keys override."""
-        from ..config import from_dict, to_dict  # noqa: PLC0415
-
-        data = dict(data)
-        preset = data.pop("preset", None)
-        if preset:
-            data = {**to_dict(cls.preset(preset)), **data}
-        return from_dict(cls, data)

@@ -33,6 +33,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from ..cameras import Cameras
+from ..config import Presets
 from ..gaussians import Gaussians
 from ..render.rasterize import RenderOutput, means2d_grad_to_ndc
 from ..render.rules import RasterRules
@@ -40,7 +41,7 @@ from ._ops import counts_of, rank_within_segments, take
 
 
 @dataclass
-class SelectionConfig:
+class SelectionConfig(Presets):
     k: int = 12_000  # per object (or per group)
     method: Literal["gradient", "random"] = "gradient"  # "random": uniform scores among candidates (ablation)
     gradient: Literal["plain", "absolute"] = "plain"
@@ -65,18 +66,13 @@ class SelectionConfig:
         if self.units not in ("pixels", "ndc"):
             raise ValueError(f"SelectionConfig.units must be 'pixels' or 'ndc', got {self.units!r}")
 
-    @classmethod
-    def preset(cls, name: str, **overrides) -> "SelectionConfig":
-        """``paper`` (plain gradient, mean of per-view norms), ``released_object`` (AbsGS, summed over views,
-        NDC units, K = 12,000), ``released_scene`` (plain, summed, K = 30,000 per view)."""
-        presets = {
-            "paper": dict(),
-            "released_object": dict(gradient="absolute", reduction="sum", units="ndc", view_loss="mean"),
-            "released_scene": dict(k=30_000, gradient="plain", reduction="sum", units="ndc", view_loss="mean"),
-        }
-        if name not in presets:
-            raise ValueError(f"unknown selection preset {name!r}; expected one of {sorted(presets)}")
-        return cls(**{**presets[name], **overrides})
+    PRESETS = {
+        "paper": {},  # plain gradient, mean of per-view norms
+        # AbsGS, summed over views, NDC units, one MSE over the input views, K = 12,000
+        "released_object": dict(gradient="absolute", reduction="sum", units="ndc", view_loss="mean"),
+        # plain, summed, NDC units, one MSE over the input views, K = 30,000 per view
+        "released_scene": dict(k=30_000, gradient="plain", reduction="sum", units="ndc", view_loss="mean"),
+    }
 
 
 @dataclass
