@@ -7,7 +7,7 @@ import torch
 from official_fixtures import assert_close, covariances, load_fixture, scene_config, weights
 
 from gdensify.cameras import Cameras
-from gdensify.models.official import decode_points, densifier_head_permutation, load_official_checkpoint
+from gdensify.models.official import densifier_head_permutation, load_official_checkpoint
 
 
 def _camera(tensors, meta):
@@ -41,7 +41,7 @@ def run():
         layer.up.register_forward_hook(
             lambda m, a, o, key=f"{li}.up": captured.__setitem__(key, (o[0].clone(), o[1].clone())))
     with torch.no_grad():
-        gaussians = decode_points(model, tensors["inputs.coord"], tensors["inputs.feat"], _camera(tensors, meta))
+        gaussians = model.decode_points(tensors["inputs.coord"], tensors["inputs.feat"], _camera(tensors, meta))
         result = model.densifier(tensors["inputs.coord"], tensors["inputs.feat"],
                                  torch.zeros(len(tensors["inputs.coord"]), dtype=torch.long))
     return tensors, captured, gaussians, result, model

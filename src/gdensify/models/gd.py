@@ -23,9 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
-from torch import nn
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from ..cameras import Cameras
 
 from ..data.batch import ViewBatch
+from ..gaussians import Gaussians
 from ..densify import DensifierConfig, GenerativeDensifier, merge_with_coarse
 from ..densify.selection import SelectionConfig, render_for_selection, select_from_renders
 from ..render import RasterRules, RenderOutput, rasterize
@@ -137,6 +141,13 @@ class GDModel(nn.Module):
                 out[name] = sum(p.numel() for p in module.parameters())
         out["total"] = sum(p.numel() for p in self.parameters())
         return out
+
+    def decode_points(self, points: Float[Tensor, "N 3"], features: Float[Tensor, "N C"], camera: Cameras) -> Gaussians:
+        """The scene densifier alone on one view's points and conditioned features, activated by MVSplat's adapter
+        in that view's `camera` (the released scene decoder's `PointDecoder.forward`; MVSplat backbones only)."""
+        from .official import decode_points  # noqa: PLC0415  (official imports this module)
+
+        return decode_points(self, points, features, camera)
 
     def render_inputs(self, coarse: Coarse, batch: ViewBatch) -> list[RenderOutput]:
         """Every item's coarse Gaussians rendered into its input views over its input background, with
