@@ -23,11 +23,12 @@ from gdensify.data import (
     read_blender_cameras,
 )
 from gdensify.data.blender_objects import ObjectEvaluationDataset
+from gdensify.data.captures import Captures
 from gdensify.io import load_checkpoint
 
 
 def test_registry_names_and_detection(tmp_path):
-    assert DATASETS == {"blender": BlenderObjects, "re10k": RE10KScenes}
+    assert DATASETS == {"blender": BlenderObjects, "re10k": RE10KScenes, "capture": Captures}
     assert detect_dataset(sample_data("object")) == "blender"
     assert detect_dataset(sample_data("object") / "obj_00001") == "blender"
     assert detect_dataset(sample_data("scene")) == "re10k"

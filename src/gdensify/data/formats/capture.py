@@ -258,6 +258,14 @@ def match_masks(folder: Path, names: Sequence[str], source: Path) -> list[Path]:
     return found
 
 
+def attach_masks(frames: Sequence[CaptureFrame], root: Path, source: Path) -> None:
+    """Give every frame its mask file from a mask folder under `root` (`MASK_FOLDERS`), when there is one."""
+    folder = find_mask_folder(root)
+    if folder is not None:
+        for frame, mask in zip(frames, match_masks(folder, [f.name for f in frames], source)):
+            frame.mask_path = mask
+
+
 def resolve_path(base: Path, value: str) -> Path:
     """`value` relative to `base` (absolute paths kept, `~` expanded)."""
     p = Path(os.path.expanduser(str(value)))

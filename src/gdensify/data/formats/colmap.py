@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ...cameras import Cameras
-from .capture import Capture, CaptureFormatError, CaptureFrame, find_mask_folder, image_size, match_masks
+from .capture import Capture, CaptureFormatError, CaptureFrame, attach_masks, image_size
 from .distortion import LensDistortion
 
 __all__ = ["read_colmap", "find_colmap_model", "COLMAP_MODELS", "ColmapCamera", "ColmapImage",
@@ -310,10 +310,7 @@ def read_colmap(folder: str | os.PathLike) -> Capture:
         w2cs.append(w2c)
         ks.append(k)
         frames.append(CaptureFrame(im.name, path, None, d))
-    masks = find_mask_folder(images_dir.parent)
-    if masks is not None:
-        for f, m in zip(frames, match_masks(masks, [f.name for f in frames], source)):
-            f.mask_path = m
+    attach_masks(frames, images_dir.parent, source)
     cameras = Cameras(torch.from_numpy(np.stack(w2cs)), torch.from_numpy(np.stack(ks)), size[0], size[1])
     return Capture(cameras, frames, "colmap", folder, None if points is None else torch.from_numpy(points),
                    extras={"model": str(model)})

@@ -25,7 +25,7 @@ import torch
 
 from ...cameras import Cameras
 from ..blender import blender_splits, read_blender_cameras
-from .capture import Capture, CaptureFormatError, CaptureFrame, find_mask_folder, match_masks
+from .capture import Capture, CaptureFormatError, CaptureFrame, attach_masks
 from .colmap import find_colmap_model, read_colmap
 from .llff import read_llff
 from .nerfstudio import read_nerfstudio
@@ -74,10 +74,7 @@ def read_blender_capture(folder: str | os.PathLike) -> Capture:
         raise CaptureFormatError(f"{folder}: splits have different image sizes {sorted(sizes)}")
     cams = Cameras(torch.cat([c.world_to_camera.double() for c in parts]),
                    torch.cat([c.intrinsics.double() for c in parts]), parts[0].width, parts[0].height)
-    masks = find_mask_folder(folder)
-    if masks is not None:
-        for f, m in zip(frames, match_masks(masks, [f.name for f in frames], folder)):
-            f.mask_path = m
+    attach_masks(frames, folder, folder)
     return Capture(cams, frames, "blender", folder, splits=splits)
 
 

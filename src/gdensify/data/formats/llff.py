@@ -17,8 +17,7 @@ import numpy as np
 import torch
 
 from ...cameras import Cameras
-from .capture import (Capture, CaptureFormatError, CaptureFrame, common_size, find_mask_folder, list_images,
-                      match_masks)
+from .capture import Capture, CaptureFormatError, CaptureFrame, attach_masks, common_size, list_images
 
 __all__ = ["read_llff"]
 
@@ -79,9 +78,6 @@ def read_llff(folder: str | os.PathLike, factor: int | None = None) -> Capture:
         w2cs.append(np.linalg.inv(c2w))
         ks.append(np.array([[focal[i] * sx, 0, width / 2], [0, focal[i] * sy, height / 2], [0, 0, 1.0]]))
     frames = [CaptureFrame(n, p) for n, p in zip(names, paths)]
-    masks = find_mask_folder(folder)
-    if masks is not None:
-        for f, m in zip(frames, match_masks(masks, names, path)):
-            f.mask_path = m
+    attach_masks(frames, folder, path)
     cameras = Cameras(torch.from_numpy(np.stack(w2cs)), torch.from_numpy(np.stack(ks)), width, height)
     return Capture(cameras, frames, "llff", folder, bounds=torch.from_numpy(arr[:, 15:17].copy()))

@@ -20,8 +20,7 @@ import numpy as np
 import torch
 
 from ...cameras import Cameras
-from .capture import (Capture, CaptureFormatError, CaptureFrame, common_size, find_mask_folder, list_images,
-                      match_masks)
+from .capture import Capture, CaptureFormatError, CaptureFrame, attach_masks, common_size, list_images
 
 __all__ = ["read_neus", "decompose_projection", "NEUS_CAMERA_FILES"]
 
@@ -90,9 +89,6 @@ def read_neus(folder: str | os.PathLike) -> Capture:
         w2cs.append(w2c)
         ks.append(k)
     frames = [CaptureFrame(n, p) for n, p in zip(names, paths)]
-    masks = find_mask_folder(folder)
-    if masks is not None:
-        for f, m in zip(frames, match_masks(masks, names, path)):
-            f.mask_path = m
+    attach_masks(frames, folder, path)
     cameras = Cameras(torch.from_numpy(np.stack(w2cs)), torch.from_numpy(np.stack(ks)), width, height)
     return Capture(cameras, frames, "neus", folder)
