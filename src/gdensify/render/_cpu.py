@@ -48,6 +48,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from ..io.staging import owned_temp_prefix, remove_stale
 from .projection import check_composite_inputs
 
 _SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "rasterize.cpp"
@@ -143,7 +144,8 @@ def _build(name: str, flags: list[str], build_dir: Path, library: Path) -> None:
 
     print(f"gdensify: compiling the CPU rasterizer into {build_dir} (once; about 30-60 s)...", file=sys.stderr,
           flush=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=build_dir))
+    remove_stale(build_dir, "build", (".build",))  # private folders of killed builds
+    tmp = Path(tempfile.mkdtemp(prefix=owned_temp_prefix("build"), suffix=".build", dir=build_dir))
     try:
         # The kernel registers its functions as torch.ops.<name>.* (TORCH_LIBRARY), not as a pybind module: it
         # then needs only light ATen headers and compiles several times faster.
