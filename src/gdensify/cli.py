@@ -150,8 +150,17 @@ def _workload(args: argparse.Namespace, model, checkpoint):
     config = data_config_from_dict({**base, "root": str(args.data)})
     _, data_overrides = _split_overrides(args)
     config = apply_overrides(config, data_overrides) if data_overrides else config
-    source = build_dataset(config, getattr(model.config.backbone, "image_size", None))
-    return source.evaluation_dataset(), source, source.protocol_departures(stored)
+    model_size = getattr(model.config.backbone, "image_size", None)
+    trained_on = "unknown" if stored is None else stored.name
+    if config.image_size is None and model_size is None:
+        raise ValueError(f"--data {args.data}: {name} data, but the checkpoint's model ({model.config.backbone.name} "
+                         f"backbone, trained on {trained_on} data) has no fixed input size; pass "
+                         "data.image_size=N")
+    source = build_dataset(config, model_size)
+    departures = source.protocol_departures(stored)
+    if stored is not None and stored.name != name:
+        departures.append(f"the model was trained on {stored.name} data and is evaluated on {name} data")
+    return source.evaluation_dataset(), source, departures
 
 
 def _report(args: argparse.Namespace, rows, label: str, path, model, folder: Path, departures: list[str]) -> None:

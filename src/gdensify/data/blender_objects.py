@@ -175,6 +175,7 @@ class BlenderObjects(DataSource):
     """`DATASETS["blender"]`: Blender-layout objects under `config.root`; validation on `config.val_root`."""
 
     config_class = BlenderDataConfig
+    layout = "transforms_train.json (+ transforms_test.json) in the folder or in its sub-folders"
     item_label = "objects"
     nearest_input = staticmethod(nearest_by_direction)
 

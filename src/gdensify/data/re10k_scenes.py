@@ -169,6 +169,7 @@ class RE10KScenes(DataSource):
     """`DATASETS["re10k"]`: scenes of an RE10K-layout `config.root`; validation on its evaluation index."""
 
     config_class = RE10KDataConfig
+    layout = "test/ or train/ holding .torch chunks (and index.json)"
     item_label = "scenes"
     nearest_input = staticmethod(nearest_by_position)
 

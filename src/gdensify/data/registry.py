@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, from_dict
@@ -45,10 +46,15 @@ def build_dataset(config: DataConfig, image_size: int | None = None) -> DataSour
 
 def detect_dataset(folder: str | os.PathLike) -> str:
     """The name of the one dataset layout `folder` is in; ValueError naming the folder if none or several match."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{folder}: no such folder")
     found = [name for name, source in DATASETS.items() if source.detect(folder)]
     if len(found) != 1:
+        names = sorted(p.name + ("/" if p.is_dir() else "") for p in Path(folder).iterdir())
+        seen = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "") if names else "nothing"
+        expected = "; ".join(f"{name}: {source.layout}" for name, source in DATASETS.items())
         what = "no known dataset layout" if not found else f"several layouts ({', '.join(found)})"
-        raise ValueError(f"{folder}: {what}; expected one of {sorted(DATASETS)} (set data.name explicitly)")
+        raise ValueError(f"{folder}: {what} (it holds {seen}); expected {expected}")
     return found[0]
 
 

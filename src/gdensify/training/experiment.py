@@ -117,11 +117,12 @@ def _map_paths(experiment: Experiment, fn: Callable[[str], str]) -> Experiment:
 
 
 def run_config_text(experiment: Experiment) -> str:
-    """The YAML of a run's `config.yaml`: the experiment with its paths relative to the run folder
-    (`train.out_dir` is "."), so the run resumes from any working directory and can move with its data."""
+    """The YAML of a run's `config.yaml`: the experiment with its relative paths made relative to the run folder
+    (`train.out_dir` is "."; absolute paths stay absolute), so the run resumes from any working directory."""
     run = os.path.abspath(experiment.train.out_dir)
-    return RUN_CONFIG_HEADER + dump_yaml(_map_paths(
-        experiment, lambda p: p if os.path.isabs(p) else os.path.relpath(os.path.abspath(p), run)))
+    relative = _map_paths(experiment, lambda p: p if os.path.isabs(p) else os.path.relpath(os.path.abspath(p), run))
+    return RUN_CONFIG_HEADER + dump_yaml(dataclasses.replace(
+        relative, train=dataclasses.replace(relative.train, out_dir=".")))
 
 
 def load_run_config(run_dir: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Experiment:

@@ -175,7 +175,7 @@ def _check_resumable(last: Path) -> None:
 
 
 def _loggers(out_dir: Path) -> list:
-    loggers = [AppendingCSVLogger(out_dir, name="logs", version="")]
+    loggers = [AppendingCSVLogger(out_dir, name="logs", version="", flush_logs_every_n_steps=1)]  # a kill loses no row
     try:
         from lightning.pytorch.loggers import TensorBoardLogger
 
