@@ -371,6 +371,23 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
         main(["make-data", "objects", "x", "--count", "1"])
 
 
+@pytest.mark.parametrize("change, needle", [
+    (lambda k, w: k[:, 0, 0].zero_(), "focal lengths must be > 0"),
+    (lambda k, w: k[:, 1, 1].mul_(-1), "focal lengths must be > 0"),
+    (lambda k, w: w.zero_(), "singular rotation"),
+])
+def test_degenerate_cameras_are_refused(change, needle):
+    from gdensify.cameras import Cameras
+
+    k = torch.tensor([[[20.0, 0, 8], [0, 20, 8], [0, 0, 1]]])
+    w = torch.eye(4)[None].clone()
+    change(k, w)
+    with pytest.raises(ValueError, match=needle):
+        Cameras(w, k, 16, 16)
+    with pytest.raises(ValueError, match="whole number of pixels"):
+        Cameras(torch.eye(4)[None], torch.tensor([[[20.0, 0, 8], [0, 20, 8], [0, 0, 1]]]), 10.7, 16)
+
+
 def test_cli_subprocess_exit_code_and_one_line(ply, tmp_path):
     result = subprocess.run([sys.executable, "-m", "gdensify.cli", "render", str(ply), "--views", "0", "--out",
                              str(tmp_path / "r.png")], capture_output=True, text=True, env=os.environ.copy())

@@ -47,7 +47,7 @@ def build_dataset(config: DataConfig, image_size: int | None = None) -> DataSour
 def detect_dataset(folder: str | os.PathLike) -> str:
     """The name of the one dataset layout `folder` is in; ValueError naming the folder if none or several match."""
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"{folder}: no such folder")
+        raise ValueError(f"{folder}: no known dataset layout (no such folder)")
     found = [name for name, source in DATASETS.items() if source.detect(folder)]
     if len(found) != 1:
         names = sorted(p.name + ("/" if p.is_dir() else "") for p in Path(folder).iterdir())
