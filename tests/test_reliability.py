@@ -392,3 +392,23 @@ def test_cli_subprocess_exit_code_and_one_line(ply, tmp_path):
     result = subprocess.run([sys.executable, "-m", "gdensify.cli", "render", str(ply), "--views", "0", "--out",
                              str(tmp_path / "r.png")], capture_output=True, text=True, env=os.environ.copy())
     assert result.returncode == 2 and result.stderr.strip() == "gdensify render: error: --views must be > 0, got 0"
+
+
+def test_leftovers_of_ended_processes_are_removed_and_live_ones_kept(tmp_path):
+    from gdensify.io import atomic_path
+    from gdensify.io.staging import owned_temp_prefix, remove_stale
+
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    mine = owned_temp_prefix("last.ckpt")
+    dead = mine.replace(f".{os.getpid()}@", f".{ended.pid}@")
+    other_host = f".last.ckpt.{ended.pid}@another-host."
+    for name in (mine + "a.tmp", dead + "b.tmp", other_host + "c.tmp", ".last.ckpt.legacy.tmp"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / f".build.{ended.pid}@{mine.split('@')[1]}d.build").mkdir()
+    with atomic_path(tmp_path / "last.ckpt") as tmp:  # the next write of last.ckpt removes the dead writer's temp
+        tmp.write_bytes(b"new")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == sorted(
+        [mine + "a.tmp", other_host + "c.tmp", ".last.ckpt.legacy.tmp"])
+    assert [p.name for p in remove_stale(tmp_path, "build", (".build",))] == [
+        f".build.{ended.pid}@{mine.split('@')[1]}d.build"]
