@@ -30,7 +30,7 @@ class DataSource(ABC):
     """One dataset layout: training data, its evaluation protocol and validation examples as `ViewExample`s."""
 
     config_class: type
-    layout: str  # what `detect` looks for, for messages
+    layout: str = ""  # what `detect` looks for, for messages
     item_label: str  # what one example is, plural ("objects", "scenes"): report and CSV names
     nearest_input: Callable[[Cameras, Cameras], list[int]]  # each target's nearest input view (comparison images)
 
