@@ -179,13 +179,15 @@ def _torch_load(path: Path, trusted: bool, scene: str | None) -> object:
             raise RE10KFormatError(
                 "chunk holds Python objects other than tensors, strings and numbers, so "
                 "torch.load(weights_only=True) refuses it "
-                f"({_unsupported_global(message)}); if you trust this file, load it with trusted=True "
+                f"({_unsupported_global(message)}); if you trust this file, load it in Python with trusted=True "
                 "(weights_only=False: unpickling can run arbitrary code)", file=path, scene=scene) from exc
         warnings.warn(f"{path}: weights_only=True refused the chunk ({_unsupported_global(message)}); "
                       "loading with weights_only=False because trusted=True", stacklevel=3)
     except FileNotFoundError as exc:
         raise RE10KFormatError("chunk file not found", file=path, scene=scene) from exc
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError) as exc:
+        # a malformed pickle stream makes the weights-only unpickler fail in many ways (e.g. IndexError for a
+        # text file starting with 't')
         raise RE10KFormatError(f"corrupt or not a torch-saved chunk ({type(exc).__name__}: "
                                f"{_first_line(str(exc))})", file=path, scene=scene) from exc
     try:
