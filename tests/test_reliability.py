@@ -251,7 +251,7 @@ def ply(tmp_path_factory):
     return save_ply(trefoil_gaussians(300, seed=0), tmp_path_factory.mktemp("ply") / "g.ply")
 
 
-@pytest.mark.parametrize("case", ["views 0", "distance 0", "out is a folder", "out exists", "out not png",
+@pytest.mark.parametrize("case", ["views 0", "resolution 0", "out is a folder", "out exists", "out not png",
                                   "builtin views 0", "builtin out not empty"])
 def test_render_input_is_refused(case, ply, tmp_path, capsys):
     (tmp_path / "old.png").write_bytes(b"old")
@@ -260,7 +260,7 @@ def test_render_input_is_refused(case, ply, tmp_path, capsys):
     base = ["render", ply, "--resolution", 16, "--backend", "reference"]
     argv, needles = {
         "views 0": (base + ["--views", 0, "--out", tmp_path / "r.png"], ["--views", "0"]),
-        "distance 0": (base + ["--distance", 0, "--out", tmp_path / "r.png"], ["--distance", "0"]),
+        "resolution 0": (["render", ply, "--resolution", 0, "--out", tmp_path / "r.png"], ["--resolution", "0"]),
         "out is a folder": (base + ["--out", tmp_path], ["--out", "is a folder"]),
         "out exists": (base + ["--out", tmp_path / "old.png"], ["old.png", "--overwrite"]),
         "out not png": (base + ["--out", tmp_path / "r.jpg"], ["r.jpg", ".png"]),

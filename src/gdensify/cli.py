@@ -182,7 +182,6 @@ def _report(args: argparse.Namespace, rows, label: str, path, model, folder: Pat
 
 def _eval(args: argparse.Namespace) -> int:
     from .evaluation.evaluate import evaluate
-
     from .io.staging import staged_folder
 
     model, checkpoint, path = _load(args)
@@ -195,9 +194,8 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _reconstruct(args: argparse.Namespace) -> int:
-    from .reconstruct import reconstruct_examples
-
     from .io.staging import staged_folder
+    from .reconstruct import reconstruct_examples
 
     model, checkpoint, path = _load(args)
     dataset, source, departures = _workload(args, model, checkpoint)
