@@ -141,6 +141,11 @@ def _workload(args: argparse.Namespace, model, checkpoint):
     from .config import ConfigError, apply_overrides, to_dict
     from .data.registry import build_dataset, data_config_from_checkpoint, data_config_from_dict, detect_dataset
 
+    out = Path(args.out).resolve()
+    for flag, value in (("--data", args.data), ("--checkpoint", args.checkpoint)):
+        if value is not None and Path(value).resolve().is_relative_to(out):
+            raise ValueError(f"--out {args.out} holds {flag} {value}; --out is replaced as a whole, choose another")
+
     name = detect_dataset(args.data)
     try:
         stored = data_config_from_checkpoint(checkpoint)
