@@ -295,6 +295,13 @@ def test_outputs_are_refused_unless_overwrite_and_replaced_whole(objects, tmp_pa
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging or lock left
 
 
+def test_out_never_holds_the_data(objects, tmp_path, capsys):
+    data = tmp_path / "objs"
+    shutil.copytree(objects, data)
+    assert_refused(["reconstruct", "--data", data / "obj_00000", "--out", data, "--overwrite", "--no-progress"],
+                   capsys, tmp_path, "--out", "holds --data")
+
+
 # ---------------------------------------------------------------------------------------------------- configs
 def _run_folder(objects, tmp_path) -> Path:
     run_dir = tmp_path / "run"

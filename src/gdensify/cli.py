@@ -166,6 +166,11 @@ def _workload(args: argparse.Namespace, model, checkpoint):
     from .config import ConfigError, apply_overrides, to_dict
     from .data.registry import build_dataset, data_config_from_checkpoint, data_config_from_dict, detect_dataset
 
+    out = Path(args.out).resolve()
+    for flag, value in (("--data", args.data), ("--checkpoint", args.checkpoint)):
+        if value is not None and Path(value).resolve().is_relative_to(out):
+            raise ValueError(f"--out {args.out} holds {flag} {value}; --out is replaced as a whole, choose another")
+
     fmt = getattr(args, "format", None)
     name = detect_dataset(args.data) if fmt is None else ("blender" if fmt == "blender" else "capture")
     try:

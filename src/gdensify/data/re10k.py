@@ -323,9 +323,10 @@ def load_views(scene: RawScene, indices: Sequence[int] | Tensor, options: ViewOp
     """Decode, resize and crop the frames `indices` of `scene`; return (images (V,H,W,3), Cameras)."""
     indices = [int(i) for i in indices]
     n = len(scene)
-    for i in indices:
-        if not 0 <= i < n:
-            raise scene.error(f"frame index {i} out of range for {n} frames")
+    outside = [i for i in indices if not 0 <= i < n]
+    if outside:
+        raise scene.error(f"frame ind{'ex' if len(outside) == 1 else 'ices'} {', '.join(map(str, outside))} out of "
+                          f"range for {n} frames")
     w2c_all, normalized_all = scene.camera_parameters()
     images, normalized = [], []
     out_hw = None
