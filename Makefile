@@ -23,7 +23,7 @@ ifneq ($(strip $(EXTRAS)),)
 endif
 
 demo: $(STAMP)
-	$(BIN)/gdensify demo
+	$(BIN)/gdensify demo --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -15,7 +15,7 @@ from gdensify.data.blender_objects import ObjectEvaluationDataset, ObjectTrainin
 from gdensify.synthetic import generate_objects
 from gdensify.io import load_checkpoint, load_ply
 from gdensify.models.loading import initialise_from
-from gdensify.training.experiment import load_experiment
+from gdensify.training.experiment import RUN_CONFIG_HEADER, load_experiment
 from gdensify.training.fit import fit
 
 # A tiny model at 32² with a small selection so a step takes a fraction of a second.
@@ -83,7 +83,7 @@ def test_resume_continues_exactly_and_runs_are_not_overwritten(objects, tmp_path
     meta = load_checkpoint(tmp_path / "straight" / "model.safetensors").metadata
     assert meta["gdensify.step"] == "5" and json.loads(meta["gdensify.experiment"])["train"]["max_steps"] == 5
     assert (tmp_path / "straight" / "logs" / "metrics.csv").is_file()
-    assert (tmp_path / "straight" / "config.yaml").read_text().startswith("model:")
+    assert (tmp_path / "straight" / "config.yaml").read_text().startswith(RUN_CONFIG_HEADER + "model:")
 
 
 def test_eval_and_reconstruct_from_a_trained_checkpoint(objects, tmp_path, capsys):

@@ -43,8 +43,19 @@ class Cameras:
             raise ValueError(f"Cameras matrices on different devices: {w2c.device} and {k.device}")
         if not (torch.isfinite(w2c).all() and torch.isfinite(k).all()):
             raise ValueError("Cameras matrices contain NaN or Inf")
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(f"Cameras.{name} must be a whole number of pixels, got {value}")
         if int(self.width) <= 0 or int(self.height) <= 0:
             raise ValueError(f"Cameras image size must be positive, got {self.width}x{self.height}")
+        if len(k) and not bool((k[:, 0, 0] > 0).all() and (k[:, 1, 1] > 0).all()):
+            bad = int(torch.nonzero((k[:, 0, 0] <= 0) | (k[:, 1, 1] <= 0))[0, 0])
+            raise ValueError(f"Cameras.intrinsics: focal lengths must be > 0, camera {bad} has fx={float(k[bad, 0, 0])}, "
+                             f"fy={float(k[bad, 1, 1])}")
+        if len(w2c) and not bool((torch.linalg.det(w2c[:, :3, :3].double()).abs() > 1e-12).all()):
+            bad = int(torch.nonzero(torch.linalg.det(w2c[:, :3, :3].double()).abs() <= 1e-12)[0, 0])
+            raise ValueError(f"Cameras.world_to_camera: camera {bad} has a singular rotation block (e.g. all zeros)")
         if not (0 < self.near < self.far):
             raise ValueError(f"Cameras need 0 < near < far, got near={self.near}, far={self.far}")
         self.width, self.height = int(self.width), int(self.height)

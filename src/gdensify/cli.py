@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -41,44 +42,70 @@ def _demo_builtin(args: argparse.Namespace) -> int:
     from .io import load_ply, save_ply, save_png, side_by_side
     from .render import rasterize
 
-    out = Path(args.out)
+    from .io.staging import staged_folder
+
+    out = Path(args.out or "outputs/demo/builtin")
+    _positive(views=args.views, resolution=args.resolution)
     gaussians = trefoil_gaussians(args.gaussians, seed=args.seed)
     cameras = orbit_cameras(args.views, args.resolution, args.resolution)
     start = time.perf_counter()
     render = rasterize(gaussians, cameras, background=torch.ones(3), backend=args.backend)
     seconds = time.perf_counter() - start
-    for i, image in enumerate(render.image):
-        save_png(image, out / f"view_{i:02d}.png")
-    save_png(side_by_side(list(render.image)), out / "views.png")
-    ply = save_ply(gaussians, out / "trefoil.ply")
-    reloaded = rasterize(load_ply(ply), cameras[:1], background=torch.ones(3), backend=args.backend)
-    drift = (reloaded.image[0] - render.image[0]).abs().max().item()
+    with staged_folder(out, args.overwrite) as stage:
+        for i, image in enumerate(render.image):
+            save_png(image, stage / f"view_{i:02d}.png")
+        save_png(side_by_side(list(render.image)), stage / "views.png")
+        ply = save_ply(gaussians, stage / "trefoil.ply")
+        reloaded = rasterize(load_ply(ply), cameras[:1], background=torch.ones(3), backend=args.backend)
+        drift = (reloaded.image[0] - render.image[0]).abs().max().item()
     print(f"rendered {len(gaussians):,} Gaussians into {len(cameras)} views of {args.resolution}² "
           f"in {seconds:.2f} s (backend {args.backend})")
-    print(f"wrote {out}/views.png, {len(cameras)} view PNGs and {ply} (re-rendered from the .ply: max |Δ| = "
-          f"{drift:.1e})")
+    print(f"wrote {out}/views.png, {len(cameras)} view PNGs and {out / 'trefoil.ply'} (re-rendered from the .ply: "
+          f"max |Δ| = {drift:.1e})")
     return 0
 
 
+def _positive(**values: float) -> None:
+    """ValueError naming the first option (`--name`) whose value is not > 0."""
+    for name, value in values.items():
+        if not value > 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+
+
+def _check_device(device: str) -> None:
+    """ValueError for a `--device` that is malformed or not available here."""
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"--device {device!r}: {err}") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device!r}: CUDA is not available here (torch {torch.__version__}); use --device "
+                         "cpu")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device!r}: MPS is not available here; use --device cpu")
+
+
 def _train(args: argparse.Namespace) -> int:
-    from .training.experiment import load_experiment
-    from .training.fit import fit
+    from .training.experiment import load_experiment, load_run_config
+    from .training.fit import StepCounter, fit
 
     for flag, key in (("devices", "train.devices"), ("num_nodes", "train.num_nodes"), ("strategy", "train.strategy"),
                       ("accelerator", "train.accelerator")):
         if getattr(args, flag) is not None:
             args.overrides.append(f"{key}={getattr(args, flag)}")
     if args.resume:
-        stored = Path(args.resume) / "config.yaml"
-        if not stored.is_file():
-            raise FileNotFoundError(f"cannot resume: {stored} does not exist")
-        experiment = load_experiment(stored, args.overrides)
-        if Path(experiment.train.out_dir).resolve() != Path(args.resume).resolve():
-            raise ValueError(f"train.out_dir ({experiment.train.out_dir}) must stay {args.resume} when resuming")
+        if args.config is not None:
+            raise ValueError(f"--config {args.config} cannot be combined with --resume: a resumed run keeps the "
+                             f"experiment in {Path(args.resume) / 'config.yaml'} (key=value overrides still apply)")
+        experiment = load_run_config(args.resume, args.overrides)
     else:
-        experiment = load_experiment(args.config, args.overrides)
-    model_path = fit(experiment, resume=bool(args.resume), progress=not args.no_progress)
-    print(f"trained {experiment.train.max_steps} steps; weights: {model_path}")
+        experiment = load_experiment(args.config or "tiny", args.overrides)
+    steps = StepCounter()
+    model_path = fit(experiment, resume=bool(args.resume), progress=not args.no_progress, callbacks=[steps])
+    print(f"trained {steps.ran} steps (now at step {steps.end} of {experiment.train.max_steps}); weights: "
+          f"{model_path}")
     return 0
 
 
@@ -114,6 +141,7 @@ def _load(args: argparse.Namespace):
     from .assets import shipped_checkpoint
     from .models.loading import load_any_model
 
+    _check_device(args.device)
     path = args.checkpoint or shipped_checkpoint("scene" if getattr(args, "scene", False) else "object")
     model_overrides, _ = _split_overrides(args)
     model, checkpoint = load_any_model(path, args.device, model_overrides, official_kind=args.kind,
@@ -131,11 +159,17 @@ def _official_config(path: str | None) -> dict | None:
 
 
 def _workload(args: argparse.Namespace, model, checkpoint):
-    """(the evaluation dataset of `--data`, the data source). The dataset layout is detected from the folder; its
-    settings are the checkpoint's training data config when that was the same dataset (else the dataset's
-    defaults, e.g. for official checkpoints), with `data.root` = `--data` and the `data.*` overrides applied."""
+    """(the evaluation dataset of `--data`, the data source, the departures from the evaluation protocol). The
+    dataset layout is detected from the folder; its settings are the checkpoint's training data config when that
+    was the same dataset (else the dataset's defaults, e.g. for official checkpoints), with `data.root` = `--data`
+    and the `data.*` overrides applied."""
     from .config import ConfigError, apply_overrides, to_dict
     from .data.registry import build_dataset, data_config_from_checkpoint, data_config_from_dict, detect_dataset
+
+    out = Path(args.out).resolve()
+    for flag, value in (("--data", args.data), ("--checkpoint", args.checkpoint)):
+        if value is not None and Path(value).resolve().is_relative_to(out):
+            raise ValueError(f"--out {args.out} holds {flag} {value}; --out is replaced as a whole, choose another")
 
     fmt = getattr(args, "format", None)
     name = detect_dataset(args.data) if fmt is None else ("blender" if fmt == "blender" else "capture")
@@ -154,44 +188,64 @@ def _workload(args: argparse.Namespace, model, checkpoint):
     config = data_config_from_dict({**base, "root": str(args.data)})
     _, data_overrides = _split_overrides(args)
     config = apply_overrides(config, data_overrides) if data_overrides else config
-    source = build_dataset(config, getattr(model.config.backbone, "image_size", None))
+    model_size = getattr(model.config.backbone, "image_size", None)
+    trained_on = "unknown" if stored is None else stored.name
+    if getattr(config, "image_size", None) is None and model_size is None:
+        raise ValueError(f"--data {args.data}: {name} data, but the checkpoint's model ({model.config.backbone.name} "
+                         f"backbone, trained on {trained_on} data) has no fixed input size; pass "
+                         "data.image_size=N")
+    source = build_dataset(config, model_size)
     dataset = source.evaluation_dataset()
     for note in getattr(source, "notes", ()):
         print(note)
-    return dataset, source
+    departures = source.protocol_departures(stored)
+    if stored is not None and stored.name != name:
+        departures.append(f"the model was trained on {stored.name} data and is evaluated on {name} data")
+    return dataset, source, departures
 
 
-def _report(args: argparse.Namespace, rows, label: str, path, model) -> None:
+def _report(args: argparse.Namespace, rows, label: str, path, model, folder: Path, departures: list[str]) -> None:
+    """metrics.json and the per-item CSV into `folder` (the staging folder of `--out`); the table and the
+    protocol departures (also recorded in metrics.json) on the console."""
     from .evaluation.evaluate import format_table, summarize, write_report
 
+    if not rows:
+        raise ValueError(f"--data {args.data}: no {label} to evaluate")
     summary = summarize(rows, label)
-    summary.update({"checkpoint": str(path), "data": str(args.data), "selection": model.config.selection.method})
-    report = write_report(rows, summary, args.out, f"per_{label[:-1]}.csv")
+    summary.update({"checkpoint": str(path), "data": str(args.data), "selection": model.config.selection.method,
+                    "protocol_departures": departures})
+    write_report(rows, summary, folder, f"per_{label[:-1]}.csv")
     print(format_table(rows, summary))
-    print(f"wrote {report} and {Path(args.out) / f'per_{label[:-1]}.csv'}")
+    for note in departures:
+        print(f"warning: not the evaluation protocol: {note}")
+    print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / f'per_{label[:-1]}.csv'}")
 
 
 def _eval(args: argparse.Namespace) -> int:
     from .evaluation.evaluate import evaluate
+    from .io.staging import staged_folder
 
     model, checkpoint, path = _load(args)
-    dataset, source = _workload(args, model, checkpoint)
-    rows = evaluate(model, (dataset[i] for i in range(len(dataset))), total=len(dataset),
-                    progress=not args.no_progress)
-    _report(args, rows, source.item_label, path, model)
+    dataset, source, departures = _workload(args, model, checkpoint)
+    with staged_folder(args.out, args.overwrite) as stage:
+        rows = evaluate(model, (dataset[i] for i in range(len(dataset))), total=len(dataset),
+                        progress=not args.no_progress)
+        _report(args, rows, source.item_label, path, model, stage, departures)
     return 0
 
 
 def _reconstruct(args: argparse.Namespace) -> int:
+    from .io.staging import staged_folder
     from .reconstruct import reconstruct_examples
 
     model, checkpoint, path = _load(args)
-    dataset, source = _workload(args, model, checkpoint)
+    dataset, source, departures = _workload(args, model, checkpoint)
     frames = args.frames if args.video else 0
-    rows = reconstruct_examples(model, (dataset[i] for i in range(len(dataset))), args.out, source.nearest_input,
-                                len(dataset), progress=not args.no_progress, video_frames=frames,
-                                video_size=args.size, object_centric=source.item_label == "objects")
-    _report(args, rows, source.item_label, path, model)
+    with staged_folder(args.out, args.overwrite) as stage:
+        rows = reconstruct_examples(model, (dataset[i] for i in range(len(dataset))), stage, source.nearest_input,
+                                    len(dataset), progress=not args.no_progress, video_frames=frames,
+                                    video_size=args.size, object_centric=source.item_label == "objects")
+        _report(args, rows, source.item_label, path, model, stage, departures)
     extra = ", video.mp4 (coarse | GD)" if frames else ""
     print(f"per item under {args.out}: coarse.ply, fine.ply, comparison.png (input | coarse | GD | truth){extra}")
     return 0
@@ -211,23 +265,39 @@ def _render(args: argparse.Namespace) -> int:
     import math
 
     from .io import load_ply, save_png, side_by_side
+    from .io.staging import check_output_file
     from .io.video import path_cameras
     from .render import rasterize
 
-    if args.views < 1:
-        raise ValueError(f"--views must be >= 1, got {args.views}")
+    _positive(views=args.views, resolution=args.resolution)
+    if args.orbit_radius is not None:
+        _positive(orbit_radius=args.orbit_radius)
+    out = check_output_file(args.out, args.overwrite)
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"--out {out}: render writes a PNG; expected a name ending in .png")
+    if args.depth:
+        check_output_file(out.with_name(f"{out.stem}_depth.png"), args.overwrite)
     gaussians = load_ply(args.ply)
     cameras = path_cameras(args.path, gaussians, args.views, args.resolution, args.resolution, args.cameras,
                            math.radians(args.elevation), args.up, args.orbit_radius)
     with torch.inference_mode():
         render = rasterize(gaussians, cameras, background=torch.ones(3), backend=args.backend)
-    path = save_png(side_by_side(list(render.image)), args.out)
+    path = save_png(side_by_side(list(render.image)), out)
     print(f"rendered {len(gaussians):,} Gaussians from {args.ply} into {path}")
+    _warn_if_invisible(render, len(gaussians))
     if args.depth:
         from .io.depth import write_depth_maps
 
         print("wrote " + ", ".join(map(str, write_depth_maps(render.depth, render.alpha, args.out, args.npy))))
     return 0
+
+
+def _warn_if_invisible(render, count: int) -> None:
+    """A printed warning when Gaussians exist but none covers a pixel in any view."""
+    visible = int((render.radii > 0).any(dim=0).sum()) if render.radii is not None else None
+    if count and visible == 0:
+        print(f"warning: none of the {count:,} Gaussians is visible in any view (all radii 0: scales, opacities or "
+              "the cameras are off); the image shows only the background", file=sys.stderr)
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -316,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--selection", choices=["gradient", "random"], default=None,
                        help="selection method (model.selection.method; random = the ablation)")
         p.add_argument("--no-progress", action="store_true")
+        p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
         p.add_argument("overrides", nargs="*", metavar="key=value",
                        help="model.* / data.* settings, e.g. data.n_inputs=3 model.selection.k=500")
 
@@ -327,7 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="video frame width in pixels (default: 256 for objects, the input size for scenes)")
 
     train = sub.add_parser("train", help="train a model: --config tiny|paper|FILE.yaml [key=value ...]")
-    train.add_argument("--config", default="tiny", help="preset (tiny, paper) or YAML file")
+    train.add_argument("--config", default=None,
+                       help="preset (tiny, paper, scene-tiny, scene-paper) or YAML file (default: tiny)")
     train.add_argument("--resume", metavar="RUN_DIR", default=None,
                        help="continue the run in RUN_DIR (its config.yaml; overrides still apply)")
     train.add_argument("--devices", type=int, default=None, help="processes / GPUs per node (train.devices)")
@@ -437,12 +509,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _expected(err: BaseException) -> bool:
+    """Whether `err` is a failure the user can act on (bad input, files, environment), printed as one line, rather
+    than a bug, which keeps its traceback. RuntimeError counts only when gdensify raised it itself (torch raises
+    RuntimeError for programming errors such as shape mismatches)."""
+    if isinstance(err, (ValueError, OSError, torch.OutOfMemoryError)):
+        return True
+    if type(err) is RuntimeError and err.__traceback__ is not None:
+        frames = traceback.extract_tb(err.__traceback__)
+        return Path(frames[-1].filename).resolve().is_relative_to(Path(__file__).resolve().parent)
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
-        print(f"gdensify {args.command}: error: {err}", file=sys.stderr)
+    except Exception as err:
+        if not _expected(err):
+            raise
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"gdensify {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -66,6 +66,10 @@ __all__ = [
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".PNG", ".JPG", ".JPEG")
 
 
+MAX_FOV = math.radians(175.0)
+"""The widest field of view (radians) a pinhole camera of a transforms file may have."""
+
+
 class BlenderFormatError(ValueError):
     """A transforms file or image that does not follow the Blender layout (the message names the file)."""
 
@@ -323,9 +327,23 @@ def _intrinsics(json_path: Path, data: dict, frame: dict, index: int, width: int
             raise BlenderFormatError(f"{json_path}: frame {index}: {key!r} is not finite")
         return v
 
+    def positive(key):
+        v = num(key)
+        if not v > 0:
+            raise BlenderFormatError(f"{json_path}: frame {index}: {key!r} must be > 0, got {v}")
+        return v
+
+    def angle(key):  # a pinhole field of view: radians in (0, MAX_FOV)
+        v = num(key)
+        if not 0 < v < MAX_FOV:
+            raise BlenderFormatError(f"{json_path}: frame {index}: {key!r} = {v} rad ({math.degrees(v):.1f}°) is not "
+                                     f"a pinhole field of view; expected radians in (0, {MAX_FOV:.4f}) "
+                                     f"(< {math.degrees(MAX_FOV):.0f}°)")
+        return v
+
     k_json = get("intrinsic_matrix")
-    ref_w = num("w") if get("w") is not None else float(width)
-    ref_h = num("h") if get("h") is not None else float(height)
+    ref_w = positive("w") if get("w") is not None else float(width)
+    ref_h = positive("h") if get("h") is not None else float(height)
     if k_json is not None:
         k = np.asarray(k_json, dtype=np.float64)
         if k.shape != (3, 3) or not np.isfinite(k).all():
@@ -335,20 +353,24 @@ def _intrinsics(json_path: Path, data: dict, frame: dict, index: int, width: int
         if get("fl_x") is not None:
             fx = num("fl_x")
         elif get("camera_angle_x") is not None:
-            fx = 0.5 * ref_w / math.tan(0.5 * num("camera_angle_x"))
+            fx = 0.5 * ref_w / math.tan(0.5 * angle("camera_angle_x"))
         else:
             raise BlenderFormatError(f"{json_path}: no intrinsics for frame {index}: expected 'camera_angle_x', "
                                      f"'fl_x' or 'intrinsic_matrix'")
         if get("fl_y") is not None:
             fy = num("fl_y")
         elif get("camera_angle_y") is not None:
-            fy = 0.5 * ref_h / math.tan(0.5 * num("camera_angle_y"))
+            fy = 0.5 * ref_h / math.tan(0.5 * angle("camera_angle_y"))
         else:
             fy = fx
         cx = num("cx") if get("cx") is not None else 0.5 * ref_w
         cy = num("cy") if get("cy") is not None else 0.5 * ref_h
     if not (fx > 0 and fy > 0):
         raise BlenderFormatError(f"{json_path}: frame {index}: focal lengths must be positive, got {fx}, {fy}")
+    if not (2 * math.atan(0.5 * ref_w / fx) < MAX_FOV and 2 * math.atan(0.5 * ref_h / fy) < MAX_FOV):
+        raise BlenderFormatError(f"{json_path}: frame {index}: focal lengths {fx:.4g}, {fy:.4g} px for a {ref_w:g}x"
+                                 f"{ref_h:g} image give a field of view of {math.degrees(MAX_FOV):.0f}° or more, "
+                                 "which a pinhole camera cannot have")
     sx, sy = width / ref_w, height / ref_h
     return np.array([[fx * sx, 0.0, cx * sx], [0.0, fy * sy, cy * sy], [0.0, 0.0, 1.0]])
 
@@ -378,10 +400,18 @@ def read_blender_cameras(
         ks.append(_intrinsics(json_path, data, frame, i, w, h))
         paths.append(path)
         for key in ("k1", "k2", "k3", "p1", "p2"):
-            if float(frame.get(key, data.get(key, 0.0)) or 0.0) != 0.0:
+            value = frame.get(key, data.get(key, 0.0))
+            try:
+                value = float(value or 0.0)
+            except (TypeError, ValueError):
+                raise BlenderFormatError(f"{json_path}: frame {i}: {key!r} is not a number ({value!r})") from None
+            if value != 0.0:
                 warnings.warn(f"{json_path}: lens distortion ({key}) is ignored; undistort the images first",
                               stacklevel=2)
                 break
+    if len(mats) > 1 and all(np.allclose(m, mats[0], rtol=0, atol=1e-9) for m in mats[1:]):
+        raise BlenderFormatError(f"{json_path}: all {len(mats)} frames have the same transform_matrix; the views "
+                                 "need distinct camera poses")
     c2w = torch.from_numpy(np.stack(mats)).float()
     k = torch.from_numpy(np.stack(ks)).float()
     return Cameras.from_blender(c2w, k, size[0], size[1], near, far), paths

@@ -49,6 +49,7 @@ class BlenderDataConfig:
     n_targets: int = 4
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     image_size: int | None = None
+    target_split: str = "test"  # evaluation targets; "train" departs from the protocol (the inputs are scored too)
 
     def __post_init__(self) -> None:
         if self.n_inputs < 1 or self.n_targets < 1 or self.val_limit < 1:
@@ -83,7 +84,10 @@ def evaluation_views(
     normalization (cameras stay in dataset units)."""
     root = Path(root)
     cams, _ = read_blender_cameras(root, input_split)
-    idx = select_input_views(cams, n_inputs)
+    try:
+        idx = select_input_views(cams, n_inputs)
+    except ValueError as err:
+        raise BlenderFormatError(f"{root}: {input_split} split: {err} (data.n_inputs = {n_inputs})") from None
     norm = SceneNormalization.identity() if target_distance is None else SceneNormalization.from_cameras(
         Cameras(cams.world_to_camera[idx], cams.intrinsics[idx], cams.width, cams.height), target_distance,
         target_fov)
@@ -135,13 +139,20 @@ class ObjectTrainingDataset(Dataset):
 
 class ObjectEvaluationDataset(Dataset):
     """The deterministic evaluation example of every object under `root` (`evaluation_views`): `n_inputs` spread
-    train-split inputs at the model's `resolution`, every `target_split` view (None: the test split, or the train
-    split of an object without one) as a target at native resolution."""
+    train-split inputs at the model's `resolution`, every `target_split` view as a target at native resolution.
+    An object without the `target_split` split is an error naming it (nothing is scored in its place)."""
 
     def __init__(self, root: str | os.PathLike, resolution: int, n_inputs: int = 4,
                  background: Sequence[float] = (1.0, 1.0, 1.0), target_distance: float = OBJECT_CAMERA_DISTANCE,
-                 target_split: str | None = None) -> None:
+                 target_split: str = "test") -> None:
         self.objects: list[Path] = find_blender_objects(root)
+        lacking = [p for p in self.objects if target_split not in blender_splits(p)]
+        if lacking:
+            hint = (" (data.target_split=train scores the train views instead, the inputs included: not the "
+                    "evaluation protocol)" if target_split == "test" else "")
+            raise BlenderFormatError(f"{lacking[0]}: no transforms_{target_split}.json, so no evaluation targets"
+                                     f"{f' ({len(lacking)} objects lack it)' if len(lacking) > 1 else ''}; found "
+                                     f"splits {blender_splits(lacking[0]) or 'none'}{hint}")
         self.resolution, self.n_inputs, self.target_distance = resolution, n_inputs, target_distance
         self.background = tuple(float(x) for x in background)
         self.target_split = target_split
@@ -151,9 +162,8 @@ class ObjectEvaluationDataset(Dataset):
 
     def __getitem__(self, index: int) -> ViewExample:
         folder = self.objects[index]
-        split = self.target_split or ("test" if "test" in blender_splits(folder) else "train")
         ev = evaluation_views(folder, self.n_inputs, self.resolution, self.background, self.target_distance,
-                              target_split=split)
+                              target_split=self.target_split)
         bg = torch.tensor(self.background)
         return ViewExample(ev.inputs.images, ev.inputs.cameras, ev.targets.images, ev.targets.cameras,
                            bg.expand(len(ev.targets), 3).clone(), ev.name, bg.clone(), torch.tensor(ev.input_indices),
@@ -165,6 +175,7 @@ class BlenderObjects(DataSource):
     """`DATASETS["blender"]`: Blender-layout objects under `config.root`; validation on `config.val_root`."""
 
     config_class = BlenderDataConfig
+    layout = "transforms_train.json (+ transforms_test.json) in the folder or in its sub-folders"
     item_label = "objects"
     nearest_input = staticmethod(nearest_by_direction)
 
@@ -186,7 +197,15 @@ class BlenderObjects(DataSource):
         c = self.config
         key = "data.root" if root is None else "data.val_root"
         return ObjectEvaluationDataset(self.existing(c.root if root is None else root, key), self.image_size,
-                                       c.n_inputs, c.background)
+                                       c.n_inputs, c.background, target_split=c.target_split)
+
+    def protocol_departures(self, trained: object | None = None) -> list[str]:
+        c, notes = self.config, []
+        if c.target_split != "test":
+            notes.append(f"targets are the {c.target_split} views (data.target_split), the input views included")
+        if isinstance(trained, BlenderDataConfig) and trained.n_inputs != c.n_inputs:
+            notes.append(f"{c.n_inputs} input views (data.n_inputs) for a model trained with {trained.n_inputs}")
+        return notes
 
     def validation_root(self) -> str | None:
         return self.config.val_root

@@ -179,13 +179,15 @@ def _torch_load(path: Path, trusted: bool, scene: str | None) -> object:
             raise RE10KFormatError(
                 "chunk holds Python objects other than tensors, strings and numbers, so "
                 "torch.load(weights_only=True) refuses it "
-                f"({_unsupported_global(message)}); if you trust this file, load it with trusted=True "
+                f"({_unsupported_global(message)}); if you trust this file, load it in Python with trusted=True "
                 "(weights_only=False: unpickling can run arbitrary code)", file=path, scene=scene) from exc
         warnings.warn(f"{path}: weights_only=True refused the chunk ({_unsupported_global(message)}); "
                       "loading with weights_only=False because trusted=True", stacklevel=3)
     except FileNotFoundError as exc:
         raise RE10KFormatError("chunk file not found", file=path, scene=scene) from exc
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError) as exc:
+        # a malformed pickle stream makes the weights-only unpickler fail in many ways (e.g. IndexError for a
+        # text file starting with 't')
         raise RE10KFormatError(f"corrupt or not a torch-saved chunk ({type(exc).__name__}: "
                                f"{_first_line(str(exc))})", file=path, scene=scene) from exc
     try:
@@ -321,9 +323,10 @@ def load_views(scene: RawScene, indices: Sequence[int] | Tensor, options: ViewOp
     """Decode, resize and crop the frames `indices` of `scene`; return (images (V,H,W,3), Cameras)."""
     indices = [int(i) for i in indices]
     n = len(scene)
-    for i in indices:
-        if not 0 <= i < n:
-            raise scene.error(f"frame index {i} out of range for {n} frames")
+    outside = [i for i in indices if not 0 <= i < n]
+    if outside:
+        raise scene.error(f"frame ind{'ex' if len(outside) == 1 else 'ices'} {', '.join(map(str, outside))} out of "
+                          f"range for {n} frames")
     w2c_all, normalized_all = scene.camera_parameters()
     images, normalized = [], []
     out_hw = None

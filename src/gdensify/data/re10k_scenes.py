@@ -120,9 +120,12 @@ class RE10KDataset(Dataset):
             position = {k: i for i, k in enumerate(self.store.keys)}
             self.missing_scenes = [k for k in entries if k not in position]
             if self.missing_scenes and on_missing == "error":
+                where = evaluation_index if isinstance(evaluation_index, (str, os.PathLike)) else "the index"
+                shown = ", ".join(self.missing_scenes[:10]) + (", ..." if len(self.missing_scenes) > 10 else "")
                 raise RE10KFormatError(
-                    f"{len(self.missing_scenes)} evaluation-index scene(s) are not in {self.store.dir}, e.g. "
-                    f"{self.missing_scenes[:3]}", scene=self.missing_scenes[0])
+                    f"{where}: {len(self.missing_scenes)} of {len(entries)} evaluation-index scene(s) are in no chunk "
+                    f"of {self.store.dir}: {shown} (evaluating the rest would change the protocol)",
+                    scene=self.missing_scenes[0])
             keys = sorted((k for k in entries if k in position), key=position.__getitem__)
             self.items: list[tuple[str, EvaluationEntry | None]] = [(k, entries[k]) for k in keys]
         else:
@@ -166,6 +169,7 @@ class RE10KScenes(DataSource):
     """`DATASETS["re10k"]`: scenes of an RE10K-layout `config.root`; validation on its evaluation index."""
 
     config_class = RE10KDataConfig
+    layout = "test/ or train/ holding .torch chunks (and index.json)"
     item_label = "scenes"
     nearest_input = staticmethod(nearest_by_position)
 
@@ -190,7 +194,7 @@ class RE10KScenes(DataSource):
     def evaluation_dataset(self, root: str | os.PathLike | None = None) -> RE10KDataset:
         c = self.config
         root = self.existing(c.root if root is None else root, "data.root")
-        return RE10KDataset.for_evaluation(root, c.index, **self._options())
+        return RE10KDataset.for_evaluation(root, c.index, on_missing="error", **self._options())
 
     def validation_root(self) -> str | None:
         return self.config.root if self.config.validate else None

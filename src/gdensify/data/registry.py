@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, from_dict
@@ -46,10 +47,18 @@ def build_dataset(config: DataConfig, image_size: int | None = None) -> DataSour
 
 def detect_dataset(folder: str | os.PathLike) -> str:
     """The name of the one dataset layout `folder` is in; ValueError naming the folder if none or several match."""
+    if not os.path.exists(folder):
+        raise ValueError(f"{folder}: no known dataset layout (no such folder)")
     found = [name for name, source in DATASETS.items() if source.detect(folder)]
     if len(found) != 1:
+        seen = "a file"
+        if os.path.isdir(folder):
+            names = sorted(p.name + ("/" if p.is_dir() else "") for p in Path(folder).iterdir())
+            seen = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "") if names else "nothing"
+        expected = "; ".join(f"{name}: {getattr(source, 'layout', None) or source.__doc__.splitlines()[0]}"
+                             for name, source in DATASETS.items())
         what = "no known dataset layout" if not found else f"several layouts ({', '.join(found)})"
-        raise ValueError(f"{folder}: {what}; expected one of {sorted(DATASETS)} (set data.name explicitly)")
+        raise ValueError(f"{folder}: {what} (it holds {seen}); expected {expected}")
     return found[0]
 
 

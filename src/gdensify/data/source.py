@@ -30,6 +30,7 @@ class DataSource(ABC):
     """One dataset layout: training data, its evaluation protocol and validation examples as `ViewExample`s."""
 
     config_class: type
+    layout: str = ""  # what `detect` looks for, for messages
     item_label: str  # what one example is, plural ("objects", "scenes"): report and CSV names
     nearest_input: Callable[[Cameras, Cameras], list[int]]  # each target's nearest input view (comparison images)
 
@@ -57,6 +58,12 @@ class DataSource(ABC):
     @abstractmethod
     def validation_root(self) -> str | None:
         """The folder validated at every epoch end, or None (no validation)."""
+
+    def protocol_departures(self, trained: Any | None = None) -> list[str]:
+        """How this config's evaluation departs from the dataset's protocol (and from `trained`, the data config
+        the model was trained with, when it is the same dataset), one note each; printed and recorded in
+        `metrics.json` by `eval` and `reconstruct`."""
+        return []
 
     def evaluation_examples(self, limit: int | None = None) -> Iterator[ViewExample]:
         """The first `limit` (default all) evaluation examples of `config.root`, read one at a time."""

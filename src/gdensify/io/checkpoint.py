@@ -61,4 +61,11 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> Checkpo
         raise ValueError(f"{path}: checkpoint format {metadata['gdensify.format']}, expected {FORMAT_VERSION}")
     if kind is not None and metadata["gdensify.kind"] != kind:
         raise ValueError(f"{path}: a {metadata['gdensify.kind']!r} checkpoint, expected {kind!r}")
-    return Checkpoint(metadata["gdensify.kind"], json.loads(metadata["gdensify.config"]), state_dict, metadata)
+    try:
+        config = json.loads(metadata["gdensify.config"])
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: metadata 'gdensify.config' is not valid JSON ({err})") from None
+    bad = [name for name, t in state_dict.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise ValueError(f"{path}: {len(bad)} weight tensor(s) hold NaN or Inf, e.g. {bad[:3]}")
+    return Checkpoint(metadata["gdensify.kind"], config, state_dict, metadata)

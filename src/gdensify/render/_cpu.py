@@ -53,6 +53,7 @@ from torch.autograd.function import once_differentiable
 
 from ..cameras import Cameras
 from ..gaussians import Gaussians
+from ..io.staging import owned_temp_prefix, remove_stale
 from .projection import Projection, check_composite_inputs, sh_view_origins
 from .rules import DEFAULT_RULES, RasterRules
 
@@ -153,7 +154,8 @@ def _build(name: str, flags: list[str], build_dir: Path, library: Path) -> None:
 
     print(f"gdensify: compiling the CPU rasterizer into {build_dir} (once; about 1-2 min)...", file=sys.stderr,
           flush=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=build_dir))
+    remove_stale(build_dir, "build", (".build",))  # private folders of killed builds
+    tmp = Path(tempfile.mkdtemp(prefix=owned_temp_prefix("build"), suffix=".build", dir=build_dir))
     try:
         # The kernel registers its functions as torch.ops.<name>.* (TORCH_LIBRARY), not as a pybind module: it
         # then needs only light ATen headers and compiles several times faster.

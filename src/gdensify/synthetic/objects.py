@@ -59,6 +59,7 @@ from tqdm.auto import tqdm
 from ..cameras import Cameras, intrinsics_matrix, look_at, opengl_to_opencv
 from ..data.protocol import OBJECT_CAMERA_DISTANCE, OBJECT_FOV, OBJECT_RADIUS
 from ..io.atomic import atomic_path
+from ..io.staging import owned_temp_prefix, remove_stale
 
 __all__ = [
     "TRAIN_ELEVATIONS_DEG", "TEST_ELEVATIONS_DEG",
@@ -685,6 +686,7 @@ def generate_objects(
                          "1 <= max_primitives <= 3")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale(out, "obj_*", (".partial", ".old"))  # left by a killed run
     folders = []
     for index in tqdm(range(start_index, start_index + count), desc="objects", unit="obj", disable=not progress):
         folder = out / f"obj_{index:05d}"
@@ -699,16 +701,16 @@ def generate_objects(
                 folders.append(folder)
                 continue
             raise FileExistsError(f"{folder} exists and is not empty (and was not generated with these "
-                                  f"parameters); pass overwrite=True to replace it")
+                                  f"parameters); pass --overwrite (overwrite=True) to replace it")
         rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
         spec = sample_object(rng, max_primitives)
         azimuth = float(rng.uniform(0, 2 * math.pi))
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=out))
+        staging = Path(tempfile.mkdtemp(prefix=owned_temp_prefix(folder.name), suffix=".partial", dir=out))
         try:
             os.chmod(staging, 0o755)
             write_object(staging, spec, resolution, n_train, n_test, azimuth, supersample, extra_meta=params)
             if folder.exists():
-                trash = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=out))
+                trash = Path(tempfile.mkdtemp(prefix=owned_temp_prefix(folder.name), suffix=".old", dir=out))
                 os.replace(folder, trash / "old")
                 os.replace(staging, folder)
                 shutil.rmtree(trash, ignore_errors=True)

@@ -42,3 +42,5 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.warmup_steps < 0 or self.lr <= 0 or self.final_lr <= 0:
             raise ValueError("train.lr and train.final_lr must be > 0 and train.warmup_steps >= 0")
+        if not self.grad_clip >= 0:
+            raise ValueError(f"train.grad_clip must be >= 0 (0 turns clipping off), got {self.grad_clip}")

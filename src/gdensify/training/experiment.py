@@ -9,14 +9,16 @@ backbone is any registered one (`model.backbone.name`: `lara`, `mvsplat`), the `
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from torch.utils.data import Dataset
 
-from ..config import ConfigError, apply_overrides, from_dict, read_yaml_mapping
+from ..config import ConfigError, apply_overrides, dump_yaml, from_dict, read_yaml_mapping
 from ..data.batch import ViewExample
 from ..data.blender_objects import BlenderDataConfig
 from ..data.re10k_scenes import RE10KDataConfig
@@ -96,8 +98,49 @@ def experiment_from_dict(data: dict) -> Experiment:
     return from_dict(Experiment, data)
 
 
+RUN_CONFIG_HEADER = "# gdensify run config: relative paths are relative to this file's folder\n"
+"""The first line of a run's `config.yaml` (`run_config_text`); without it, relative paths are relative to the
+working directory."""
+
+_PATH_FIELDS = {"data": ("root", "val_root", "index"), "train": ("init_weights", "out_dir")}
+
+
+def _map_paths(experiment: Experiment, fn: Callable[[str], str]) -> Experiment:
+    """A copy of `experiment` with `fn` applied to every path field that is set."""
+    sections = {}
+    for section, names in _PATH_FIELDS.items():
+        config = getattr(experiment, section)
+        changes = {n: fn(getattr(config, n)) for n in names
+                   if hasattr(config, n) and isinstance(getattr(config, n), str) and getattr(config, n)}
+        sections[section] = dataclasses.replace(config, **changes)
+    return dataclasses.replace(experiment, **sections)
+
+
+def run_config_text(experiment: Experiment) -> str:
+    """The YAML of a run's `config.yaml`: the experiment with its relative paths made relative to the run folder
+    (`train.out_dir` is "."; absolute paths stay absolute), so the run resumes from any working directory."""
+    run = os.path.abspath(experiment.train.out_dir)
+    relative = _map_paths(experiment, lambda p: p if os.path.isabs(p) else os.path.relpath(os.path.abspath(p), run))
+    return RUN_CONFIG_HEADER + dump_yaml(dataclasses.replace(
+        relative, train=dataclasses.replace(relative.train, out_dir=".")))
+
+
+def load_run_config(run_dir: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Experiment:
+    """The experiment of the run in `run_dir` (its `config.yaml`) for `--resume`, with `key=value` overrides;
+    `train.out_dir` must stay `run_dir`."""
+    stored = Path(run_dir) / "config.yaml"
+    if not stored.is_file():
+        raise FileNotFoundError(f"cannot resume: {stored} does not exist")
+    experiment = load_experiment(stored, overrides)
+    if Path(experiment.train.out_dir).resolve() != Path(run_dir).resolve():
+        raise ValueError(f"train.out_dir ({experiment.train.out_dir}) must stay {run_dir} when resuming")
+    return experiment
+
+
 def load_experiment(name_or_path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Experiment:
-    """A preset name or a YAML file, then `key=value` overrides."""
+    """A preset name or a YAML file, then `key=value` overrides. A run's `config.yaml` (`RUN_CONFIG_HEADER`)
+    has its relative paths resolved against its folder; any other YAML file's stay relative to the working
+    directory. A YAML file must hold the `model`, `data` and `train` sections and nothing else."""
     text = str(name_or_path)
     if text in PRESETS:
         experiment = experiment_preset(text)
@@ -112,7 +155,15 @@ def load_experiment(name_or_path: str | os.PathLike, overrides: list[str] | tupl
             if missing:
                 raise ConfigError(f"{text}: missing section(s) {missing}; a config names what it builds "
                                   "(model.backbone.name), what it reads (data.name) and how it trains (train)")
+        unknown = sorted(set(data) - {"model", "data", "train", "kind"})
+        if unknown:
+            raise ConfigError(f"{text}: unknown top-level section(s) {unknown}; expected model, data and train")
         experiment = experiment_from_dict(data)
+        with open(text) as f:
+            if f.readline() == RUN_CONFIG_HEADER:
+                folder = os.path.dirname(os.path.abspath(text))
+                experiment = _map_paths(experiment, lambda p: p if os.path.isabs(p) else
+                                        os.path.relpath(os.path.normpath(os.path.join(folder, p))))
     return apply_overrides(experiment, list(overrides)) if overrides else experiment
 
 

@@ -1,10 +1,11 @@
 """`fit`: train an experiment with Lightning, with exact resumption and atomic checkpoints.
 
 Run folder (`train.out_dir`):
-    config.yaml               the resolved experiment
+    config.yaml               the resolved experiment (paths relative to the run folder: resumable from anywhere)
     checkpoints/last.ckpt     Lightning state (weights, optimizer, schedule, loop counters) for `--resume`
     model.safetensors         the model weights + config (what `eval`, `reconstruct` and `demo` load)
-    logs/metrics.csv          CSV log (plus TensorBoard event files when `tensorboard` is installed)
+    logs/metrics.csv          CSV log, only ever appended to (plus TensorBoard event files when `tensorboard` is
+                              installed)
     replicas.json             multi-process runs only: every rank's weight checksum at the end
 
 Every `train.checkpoint_every` optimizer steps (and at the end): `last.ckpt`, `model.safetensors` and, with
@@ -19,22 +20,24 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 from typing import Any, Sequence
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader
 
-from ..config import dump_yaml, to_dict
+from ..config import to_dict
 from ..data.batch import ViewBatch, ViewExample
 from ..evaluation.evaluate import evaluate_example
 from ..io import atomic_path, save_checkpoint
+from ..io.staging import remove_stale
 from ..models.loading import MODEL_KIND, initialise_from
-from .experiment import Experiment
+from .experiment import Experiment, run_config_text
+from .logs import AppendingCSVLogger
 from .sampling import StepSampler
 from .system import ReconstructionSystem
 
@@ -138,8 +141,41 @@ def _precision(experiment: Experiment) -> str:
     return "bf16-mixed" if on_cuda else "32-true"
 
 
+class StepCounter(Callback):
+    """Records the optimizer steps a `fit` call ran: `ran` (0 when a resumed run had none left) and `end` (the
+    step it stopped at)."""
+
+    def __init__(self) -> None:
+        self.start: int | None = None
+        self.end = 0
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if self.start is None:
+            self.start = trainer.global_step
+
+    def on_fit_end(self, trainer: L.Trainer, module: ReconstructionSystem) -> None:
+        self.end = trainer.global_step
+
+    @property
+    def ran(self) -> int:
+        return 0 if self.start is None else self.end - self.start
+
+
+def _check_resumable(last: Path) -> None:
+    """ValueError naming `last` when it is not a readable checkpoint or holds anything but plain data (the
+    weights-only unpickler refuses code); read memory-mapped, so the tensors are not loaded twice."""
+    try:
+        torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "refused"
+        raise ValueError(f"cannot resume: {last} is refused by the weights-only loader ({first[:200]})") from None
+    except (RuntimeError, EOFError, ValueError, IndexError, KeyError, TypeError) as err:
+        raise ValueError(f"cannot resume: {last} is not a readable checkpoint ({type(err).__name__}: "
+                         f"{str(err).strip()[:200]})") from None
+
+
 def _loggers(out_dir: Path) -> list:
-    loggers = [CSVLogger(out_dir, name="logs", version="")]
+    loggers = [AppendingCSVLogger(out_dir, name="logs", version="", flush_logs_every_n_steps=1)]  # a kill loses no row
     try:
         from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -158,13 +194,17 @@ def fit(experiment: Experiment, resume: bool = False, progress: bool = True,
     last = out / "checkpoints" / "last.ckpt"
     if resume and not last.is_file():
         raise FileNotFoundError(f"cannot resume: no checkpoint at {last}")
+    if resume:
+        _check_resumable(last)
     if not resume and last.is_file() and os.environ.get("LOCAL_RANK", "0") == "0":
         raise FileExistsError(f"{out} already holds a run ({last}); pass --resume to continue it or choose another "
                               f"train.out_dir")
     out.mkdir(parents=True, exist_ok=True)
     if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
+        for folder, name in ((out / "checkpoints", "last.ckpt"), (out, "model.safetensors")):
+            remove_stale(folder, name, (".tmp",))  # temporaries of a killed save
         with atomic_path(out / "config.yaml") as tmp:
-            tmp.write_text(dump_yaml(experiment))
+            tmp.write_text(run_config_text(experiment))
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     dataset = experiment.training_dataset()
@@ -194,5 +234,5 @@ def fit(experiment: Experiment, resume: bool = False, progress: bool = True,
         enable_progress_bar=progress, enable_model_summary=False, default_root_dir=out,
     )
     sampler.step_source = lambda: trainer.global_step  # iteration starts where the (restored) trainer is
-    trainer.fit(system, loader, ckpt_path=str(last) if resume else None)
+    trainer.fit(system, loader, ckpt_path=str(last) if resume else None, weights_only=True)
     return out / "model.safetensors"
