@@ -27,11 +27,10 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from ..cameras import Cameras
-
 from ..data.batch import ViewBatch
-from ..gaussians import Gaussians
 from ..densify import DensifierConfig, GenerativeDensifier, merge_with_coarse
 from ..densify.selection import SelectionConfig, render_for_selection, select_from_renders
+from ..gaussians import Gaussians
 from ..render import RasterRules, RenderOutput, rasterize
 from .backbone import Backbone, Coarse, backbone_config_from_dict, build_backbone
 from .lara import LaRaConfig
