@@ -447,7 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="video camera path: orbit the Gaussians, interpolate through --cameras, or a "
                              "forward-facing spiral around them")
     render.add_argument("--cameras", default=None,
-                        help="cameras JSON (gdensify or Blender transforms) for --path interpolate|spiral")
+                        help="cameras for --path interpolate|spiral: a capture folder (COLMAP, LLFF, NeuS, "
+                             "transforms.json, Blender), a Blender transforms file or a gdensify cameras JSON")
     render.add_argument("--frames", type=int, default=120)
     render.add_argument("--fps", type=float, default=30.0)
     render.add_argument("--size", type=int, default=256, help="video frame side in pixels")

@@ -199,12 +199,17 @@ def orbit_around(gaussians: Gaussians, n_frames: int, width: int, height: int, e
 
 
 def load_cameras_file(path: str | os.PathLike) -> Cameras:
-    """Cameras from a Blender `transforms*.json` (its images must exist) or a gdensify cameras JSON:
-    {"width", "height", "world_to_camera": [C × 4×4], "intrinsics": [C × 3×3], optional "near", "far"}
-    (OpenCV axes, intrinsics in pixels)."""
+    """Cameras from a capture folder in any layout `data.formats` reads (COLMAP, LLFF, NeuS, transforms.json,
+    Blender: the frames' cameras in the capture's own frame, where `reconstruct` writes its `.ply` files), a
+    Blender `transforms*.json` (its images must exist) or a gdensify cameras JSON: {"width", "height",
+    "world_to_camera": [C × 4×4], "intrinsics": [C × 3×3], optional "near", "far"} (OpenCV axes, pixels)."""
     import json  # noqa: PLC0415
 
     path = Path(path)
+    if path.is_dir():
+        from ..data.formats import read_capture  # noqa: PLC0415
+
+        return read_capture(path).cameras.to(torch.float32)
     if not path.is_file():
         raise FileNotFoundError(f"no cameras file at {path}")
     try:
