@@ -1,0 +1,117 @@
+"""Process-wide CPU settings and the inference context: OpenMP wait policy, thread count, reduced precision.
+
+OpenMP wait policy. PyTorch's CPU wheels run their parallel regions on GNU OpenMP (libgomp). By default an idle
+OpenMP thread spins for a while before sleeping; on a machine whose cores are shared with other work (a laptop,
+CI, several jobs on one node) the spinning threads take the cores from the threads that have work, and every
+parallel region can wait a scheduler time slice. `OMP_WAIT_POLICY=PASSIVE` makes idle threads sleep at once
+(measured on a busy 2-core machine: whole-process training 1.82× faster). libgomp reads the variable once, when
+it is loaded, which happens during `import torch`; setting it afterwards has no effect. `import gdensify`
+therefore calls `set_default_wait_policy()` before it imports torch, and sets `PASSIVE` only when the variable
+is unset (set `OMP_WAIT_POLICY=ACTIVE` yourself to keep spinning, e.g. on a dedicated many-core node where the
+wake-up latency of sleeping threads matters). If torch was imported before gdensify, the process keeps the
+default; `wait_policy()` says which case applies.
+
+Threads. PyTorch starts one intra-op thread per core it sees, ignoring container CPU quotas (a `--cpus=2`
+container on a 64-core host gets 64 threads). `configure_threads()` uses, in this order: the `threads`
+argument, `OMP_NUM_THREADS` when set, else the CPUs this process may run on (its affinity mask) capped by the
+cgroup CPU quota. Call it once at start-up; the CLI and the benchmarks do.
+
+Precision. `inference(precision)` wraps a forward pass: `torch.inference_mode()` and, for ``"bf16"``, bfloat16
+autocast on the device. The models keep their sensitive parts in float32 under it (camera geometry, the Gaussian
+heads' outputs); ``"fp32"`` is the reference path whose results match the official implementation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+from typing import Iterator, Literal
+
+__all__ = [
+    "PRECISIONS", "Precision", "available_cpus", "configure_threads", "inference", "set_default_wait_policy",
+    "wait_policy",
+]
+
+Precision = Literal["fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+
+_policy_source: str | None = None  # "user", "gdensify" or "late" (torch was imported first), once decided
+
+
+def set_default_wait_policy() -> str:
+    """Set `OMP_WAIT_POLICY=PASSIVE` unless the user set it; call before `import torch`. Returns who decided
+    the policy: "user", "gdensify", or "late" (torch already imported, so the OpenMP default stays)."""
+    global _policy_source
+    if _policy_source is None:
+        if os.environ.get("OMP_WAIT_POLICY"):
+            _policy_source = "user"
+        elif "torch" in sys.modules:
+            _policy_source = "late"
+        else:
+            os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+            _policy_source = "gdensify"
+    return _policy_source
+
+
+def wait_policy() -> str:
+    """The OpenMP wait policy this process runs with, and who chose it (one line)."""
+    source = set_default_wait_policy()
+    if source == "late":
+        return "default (threads spin when idle): torch was imported before gdensify"
+    return f"{os.environ['OMP_WAIT_POLICY'].upper()} (set by {'the user' if source == 'user' else 'gdensify'})"
+
+
+def _cgroup_cpu_limit() -> float | None:
+    """CPUs allowed by the cgroup CPU quota (v2 `cpu.max`, else v1 `cpu.cfs_quota_us`), None if unlimited."""
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int(open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read())
+        period = int(open("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read())
+        return None if quota <= 0 else quota / period
+    except (OSError, ValueError):
+        return None
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask (all CPUs where there is none), capped by the cgroup quota
+    (rounded up)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cpus = os.cpu_count() or 1
+    limit = _cgroup_cpu_limit()
+    if limit is not None:
+        cpus = min(cpus, max(1, math.ceil(limit)))
+    return max(1, cpus)
+
+
+def configure_threads(threads: int | None = None) -> int:
+    """Set PyTorch's intra-op thread count (see the module docstring for the order of precedence); returns it."""
+    import torch
+
+    if threads is None:
+        env = os.environ.get("OMP_NUM_THREADS", "").strip()
+        threads = int(env) if env.isdigit() and int(env) > 0 else available_cpus()
+    if threads < 1:
+        raise ValueError(f"threads must be ≥ 1, got {threads}")
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
+
+
+@contextlib.contextmanager
+def inference(precision: str = "fp32", device: str = "cpu") -> Iterator[None]:
+    """`torch.inference_mode()`, plus bfloat16 autocast on `device` ("cpu", "cuda") for precision "bf16"."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    device_type = torch.device(device).type
+    with torch.inference_mode(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        yield
