@@ -600,3 +600,33 @@ def test_bf16_autocast_forward_gives_float32_gaussians(micro):
         assert getattr(out, name).dtype == torch.float32
     assert refined[0].features.dtype == torch.float32 and refined[0].gaussians.sh.dtype == torch.float32
     assert (out.means - ref.means).abs().max() < 2e-3  # bounded offsets: tiny differences only
+
+
+def test_fast_path_runs_encoder_and_volume_transformer_in_bf16(micro):
+    from gdensify.runtime import inference
+
+    images = torch.rand(1, 2, MICRO, MICRO, 3)
+    cams = ring_cameras(2, size=MICRO)
+    seen = {}
+    hooks = [m.register_forward_hook(lambda mod, a, out, name=name: seen.__setitem__(name, out.dtype))
+             for name, m in (("conv", micro.vol_decoder.layers[0].cnn), ("mlp", micro.vol_decoder.layers[0].mlp[0]),
+                             ("vit", micro.img_encoder.model.blocks[0].mlp.fc1), ("head", micro.decoder.mlp_coarse))]
+    try:
+        with inference("fp32"):
+            ref = micro(images, cams)
+        with inference("bf16", micro.bf16_modules()):
+            micro.vol_decoder.layers[0].cnn(torch.zeros(1, 16, 3, 3, 3))  # outside the stage: float32
+            assert seen.pop("conv") == torch.float32
+            out = micro(images, cams)
+            rgb, alpha, depth = fake_renders(out, images)
+            refined = micro.refine(out, images, rgb, alpha, depth)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert seen == {"mlp": torch.bfloat16, "vit": torch.bfloat16, "head": torch.float32}
+    for name in ("means", "quats", "log_scales", "opacity_logits", "sh", "voxel_features"):
+        a, b = getattr(out, name), getattr(ref, name)
+        assert a.dtype == torch.float32 and not torch.equal(a, b)
+        assert (a - b).norm() <= 0.05 * b.norm(), name
+    assert refined[0].features.dtype == torch.float32
+    assert not torch.is_autocast_enabled("cpu")

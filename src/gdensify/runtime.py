@@ -16,9 +16,12 @@ container on a 64-core host gets 64 threads). `configure_threads()` uses, in thi
 argument, `OMP_NUM_THREADS` when set, else the CPUs this process may run on (its affinity mask) capped by the
 cgroup CPU quota. Call it once at start-up; the CLI and the benchmarks do.
 
-Precision. `inference(precision)` wraps a forward pass: `torch.inference_mode()` and, for ``"bf16"``, bfloat16
-autocast on the device. The models keep their sensitive parts in float32 under it (camera geometry, the Gaussian
-heads' outputs); ``"fp32"`` is the reference path whose results match the official implementation.
+Precision. `inference(precision, modules)` wraps a forward pass: `torch.inference_mode()` and, for ``"bf16"``,
+bfloat16 autocast inside the forward of each of `modules` (their outputs are handed on as float32), so that the
+heavy stages run in bfloat16 while everything else (camera geometry, the Gaussian heads, selection, the
+densifier, the renderer) stays float32. Without `modules`, the whole block runs under autocast. ``"fp32"`` is
+the reference path whose results match the official implementation; which stages a model runs in bfloat16 and
+what that changes is measured by `benchmarks/published_models.py` (e.g. `LaRaBackbone.bf16_modules()`).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import contextlib
 import math
 import os
 import sys
-from typing import Iterator, Literal
+from typing import Any, Iterable, Iterator, Literal
 
 __all__ = [
     "PRECISIONS", "Precision", "available_cpus", "configure_threads", "inference", "set_default_wait_policy",
@@ -105,13 +108,68 @@ def configure_threads(threads: int | None = None) -> int:
     return threads
 
 
+def _to_float32(value: Any) -> Any:
+    """Floating tensors in `value` (a tensor, or a tuple, list, dict or dataclass holding tensors) as float32."""
+    import dataclasses
+
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, list) or type(value) is tuple:
+        return type(value)(_to_float32(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _to_float32(v) for k, v in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(value, **{f.name: _to_float32(getattr(value, f.name))
+                                             for f in dataclasses.fields(value) if f.init})
+    return value
+
+
 @contextlib.contextmanager
-def inference(precision: str = "fp32", device: str = "cpu") -> Iterator[None]:
-    """`torch.inference_mode()`, plus bfloat16 autocast on `device` ("cpu", "cuda") for precision "bf16"."""
+def _bf16_forwards(modules: Iterable[Any]) -> Iterator[None]:
+    """bfloat16 autocast inside each module's forward (hooks; the modules' code is not changed); outputs as
+    float32."""
+    import torch
+
+    handles, stacks = [], []
+    for module in modules:
+        stack: list = []
+        stacks.append(stack)
+        device_type = next(module.parameters()).device.type
+
+        def enter(mod, args, stack=stack, device_type=device_type):
+            ctx = torch.autocast(device_type, dtype=torch.bfloat16)
+            ctx.__enter__()
+            stack.append(ctx)
+
+        def leave(mod, args, output, stack=stack):
+            stack.pop().__exit__(None, None, None)
+            return _to_float32(output)
+
+        handles.append(module.register_forward_pre_hook(enter))
+        handles.append(module.register_forward_hook(leave, always_call=True))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def inference(precision: str = "fp32", modules: Iterable[Any] | None = None, device: str = "cpu"
+              ) -> Iterator[None]:
+    """`torch.inference_mode()`; for precision "bf16" also bfloat16 autocast, inside the forwards of `modules`
+    only (outputs handed on as float32) or, when `modules` is None, over the whole block on `device`."""
     import torch
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    device_type = torch.device(device).type
-    with torch.inference_mode(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.inference_mode())
+        if precision == "bf16":
+            if modules is None:
+                stack.enter_context(torch.autocast(torch.device(device).type, dtype=torch.bfloat16))
+            else:
+                stack.enter_context(_bf16_forwards(list(modules)))
         yield

@@ -573,6 +573,13 @@ class LaRaBackbone(nn.Module):
     def num_gaussians(self) -> int:
         return self.config.num_gaussians
 
+    def bf16_modules(self) -> list[nn.Module]:
+        """The stages that run in bfloat16 on the fast path (`gdensify.runtime.inference("bf16", modules)`): the
+        image encoder and the volume transformer, which hold almost all of the arithmetic. The ray modulation,
+        the lifting, the Gaussian heads and the refinement stay float32 (cheap; the heads' outputs are the
+        Gaussians' parameters)."""
+        return [self.img_encoder, self.vol_decoder]
+
     def load_encoder_weights(self, path: str, prefix: str = "", ignore_prefixes: tuple[str, ...] = ()) -> None:
         load_vit_weights(self.img_encoder.model, path, prefix=prefix, ignore_prefixes=ignore_prefixes)
 
