@@ -182,6 +182,18 @@ def test_cross_attention_equals_torch_multihead_attention():
     assert torch.allclose(ours(q, kv), ref(q, kv, kv, need_weights=False)[0], atol=1e-5)
 
 
+def test_cross_attention_attend_one_equals_forward():
+    torch.manual_seed(0)
+    att = CrossAttention(32, 4, 8, 8)
+    q, ctx = torch.randn(50, 32, requires_grad=True), torch.rand(50, 4, 8)
+    ref = att(q[:, None], ctx)[:, 0]
+    out = att.attend_one(q, ctx)
+    assert (out - ref).abs().max() <= 1e-6 * ref.abs().max()
+    gq, gw = torch.autograd.grad(out.square().sum(), [q, att.k_proj_weight])
+    rq, rw = torch.autograd.grad(ref.square().sum(), [q, att.k_proj_weight])
+    assert torch.allclose(gq, rq, atol=1e-5) and torch.allclose(gw, rw, atol=1e-5)
+
+
 def test_grouping_is_a_local_view():
     x = torch.randn(2, 3, 8, 8, 8)
     view = _token_view(x, 4)

@@ -331,6 +331,25 @@ class CrossAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v)
         return self.out_proj(out.transpose(1, 2).reshape(n, lq, e))
 
+    def attend_one(self, query: Float[Tensor, "n e"], context: Float[Tensor, "n lk c"]) -> Float[Tensor, "n e"]:
+        """`forward` for one query per item, computed in the context's space: the key projection is folded into
+        the query side (per head, Wₖᵀ·W_q) and the value projection into the output side (W_o·W_v), so nothing
+        of size n·lk·embed_dim is formed. Same values as `forward(query[:, None], context)[:, 0]` up to float
+        rounding; much cheaper when the context is narrow (the refinement's 8-d view tokens)."""
+        n, e = query.shape
+        h, kdim, vdim = self.num_heads, self.k_proj_weight.shape[1], self.v_proj_weight.shape[1]
+        d = e // h
+        wq = self.q_proj_weight.view(h, d, e)
+        wk = self.k_proj_weight.view(h, d, kdim)
+        fold_q = torch.einsum("hdk,hde->hke", wk, wq).reshape(h * kdim, e) * d ** -0.5
+        fold_o = torch.einsum("ehd,hdv->ehv", self.out_proj.weight.view(e, h, d), self.v_proj_weight.view(h, d, vdim))
+        q = F.linear(query, fold_q).view(n, h, kdim)  # query in key space, per head
+        # (n, lk, h): the softmax runs over a middle axis, vectorised over the heads (a last axis of a few
+        # keys is slow on the CPU)
+        weights = torch.softmax(torch.bmm(context, q.transpose(1, 2)), dim=1)
+        mixed = torch.bmm(weights.transpose(1, 2), context)  # (n, h, vdim): attention-weighted context per head
+        return F.linear(mixed.reshape(n, h * vdim), fold_o.reshape(e, h * vdim))
+
 
 def _token_view(volume: Float[Tensor, "b c d h w"], groups: int) -> Float[Tensor, "b g g g s s s c"]:
     """The voxels of a cubic volume (any memory layout) indexed as groups³ blocks of s³ = (d/groups)³ tokens,
@@ -476,8 +495,8 @@ class GaussianHeads(nn.Module):
     def fine(self, feats: Float[Tensor, "m c"], point_feats: Float[Tensor, "m v 8"]
              ) -> tuple[Float[Tensor, "m c"], Float[Tensor, "m s"]]:
         """(refined feature, SH residual) from the voxel feature attending to the per-view point features."""
-        x = self.cross_att(self.norm(feats)[:, None], point_feats)
-        out = self.mlp_fine(x[:, 0]).float()
+        x = self.cross_att.attend_one(self.norm(feats), point_feats)
+        out = self.mlp_fine(x).float()
         return out[:, :self.dim], out[:, self.dim:]
 
 
