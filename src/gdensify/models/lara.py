@@ -328,7 +328,13 @@ class CrossAttention(nn.Module):
         q = F.linear(query, self.q_proj_weight).view(n, lq, h, e // h).transpose(1, 2)
         k = F.linear(context, self.k_proj_weight).view(n, -1, h, e // h).transpose(1, 2)
         v = F.linear(context, self.v_proj_weight).view(n, -1, h, e // h).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v)
+        if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+            # PyTorch's CPU attention kernel is slower in bfloat16 than in float32 for these short sequences
+            # (a few keys per query group); float32 here is faster and more precise
+            with torch.autocast("cpu", enabled=False):
+                out = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
         return self.out_proj(out.transpose(1, 2).reshape(n, lq, e))
 
     def attend_one(self, query: Float[Tensor, "n e"], context: Float[Tensor, "n lk c"]) -> Float[Tensor, "n e"]:
@@ -461,6 +467,8 @@ class VolumeTransformer(nn.Module):
             s = f // g
             blocks = feat_vol.reshape(b, v, c, g, s, g, s, g, s).permute(0, 3, 5, 7, 1, 4, 6, 8, 2)
             conds[g] = blocks.reshape(b * g ** 3, v * s ** 3, c).contiguous()  # read by every block's k/v
+            if torch.is_autocast_enabled(feat_vol.device.type):  # cast once, not in every block's k/v projection
+                conds[g] = conds[g].to(torch.get_autocast_dtype(feat_vol.device.type))
         size = self.size
         p = _to_groups(self.pos_embed.expand(b, -1, -1, -1, -1), self._layer_groups(0))
         for i, layer in enumerate(self.layers):
