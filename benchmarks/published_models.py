@@ -264,6 +264,13 @@ def run_model(kind: str, args) -> dict:
         size = args.scene_size or (64 if args.quick else 256)
         batch = scene_batch(args.views or 2, args.targets, size)
         stages, bf16_modules, taps = scene_stages(model)
+    if args.bf16_stages:
+        names = [n.strip() for n in args.bf16_stages.split(",") if n.strip()]
+        unknown = [n for n in names if stages.get(n) is None]
+        if unknown:
+            raise SystemExit(f"--bf16-stages: unknown stage(s) {unknown}; {kind} stages: "
+                             f"{[n for n, m in stages.items() if m is not None]}")
+        bf16_modules = [stages[n] for n in names]
     batch = batch.to(device)
 
     meter = StageMeter(device)
@@ -281,12 +288,12 @@ def run_model(kind: str, args) -> dict:
         meter.reset()
         torch.manual_seed(0)
         _sync(device)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         with runtime.inference(precision, bf16_modules, device=args.device):
             rec = model(batch, generator=torch.Generator().manual_seed(0))
         _sync(device)
-        total = time.perf_counter() - t
-        return rec, total, dict(meter.times), dict(meter.peaks)
+        total, cpu = time.perf_counter() - t, time.process_time() - c
+        return rec, (total, cpu), dict(meter.times), dict(meter.peaks)
 
     def fine_renders(rec) -> tuple[torch.Tensor, list[float]]:
         g = (rec.fine or rec.coarse)[0]
@@ -302,7 +309,8 @@ def run_model(kind: str, args) -> dict:
                 images.append(out.image[0])
         return torch.stack(images), times
 
-    results: dict[str, dict] = {p: {"total": [], "stages": {}, "peaks": {}, "render": []} for p in ("fp32", "bf16")}
+    results: dict[str, dict] = {p: {"total": [], "cpu": [], "stages": {}, "peaks": {}, "render": []}
+                                for p in ("fp32", "bf16")}
     outputs = {}
     tap = OutputTap(taps)
     try:
@@ -314,9 +322,10 @@ def run_model(kind: str, args) -> dict:
     rss_before = _rss_peak_mb()
     for _ in range(args.repeats):
         for precision in ("fp32", "bf16"):
-            rec, total, times, peaks = forward(precision)
+            rec, (total, cpu), times, peaks = forward(precision)
             r = results[precision]
             r["total"].append(total)
+            r["cpu"].append(cpu)
             for name in stage_names:
                 r["stages"].setdefault(name, []).append(times.get(name))
                 r["peaks"][name] = max(r["peaks"].get(name) or 0.0, peaks.get(name) or 0.0) or None
@@ -331,13 +340,17 @@ def run_model(kind: str, args) -> dict:
     n32 = len((rec32.fine or rec32.coarse)[0])
     n16 = len((rec16.fine or rec16.coarse)[0])
     max_render_diff = (img16 - img32).abs().max().item()
+    render_psnr = (-10 * torch.log10((img16 - img32).square().mean().clamp_min(1e-20))).item()
 
     med = lambda xs: statistics.median(xs) if xs and all(x is not None for x in xs) else None  # noqa: E731
     summary = {
         "weights": weights, "image_size": size, "views": batch.input_images.shape[1], "repeats": args.repeats,
         "fp32_s": med(results["fp32"]["total"]), "fast_s": med(results["bf16"]["total"]),
+        "fp32_all_s": results["fp32"]["total"], "fast_all_s": results["bf16"]["total"],
+        "fp32_cpu_s": med(results["fp32"]["cpu"]), "fast_cpu_s": med(results["bf16"]["cpu"]),
         "fp32_render_s": med(results["fp32"]["render"]), "fast_render_s": med(results["bf16"]["render"]),
-        "max_render_diff": max_render_diff, "fine_gaussians": {"fp32": n32, "fast": n16},
+        "max_render_diff": max_render_diff, "render_psnr_fast_vs_fp32": render_psnr,
+        "fine_gaussians": {"fp32": n32, "fast": n16},
         "stages": {name: {"fp32_s": med(results["fp32"]["stages"][name]),
                           "fast_s": med(results["bf16"]["stages"][name]),
                           "fp32_peak_mb": results["fp32"]["peaks"].get(name),
@@ -347,6 +360,7 @@ def run_model(kind: str, args) -> dict:
         "rss_peak_mb": rss_before, "device": str(device),
     }
     summary["speedup"] = summary["fp32_s"] / summary["fast_s"] if summary["fast_s"] else None
+    summary["cpu_speedup"] = summary["fp32_cpu_s"] / summary["fast_cpu_s"] if summary["fast_cpu_s"] else None
     return summary
 
 
@@ -371,12 +385,17 @@ def print_model(kind: str, s: dict) -> None:
     if kind == "object":
         print(f"{'rest (renders, selection, merge)':34s} {s['fp32_s'] - named32:9.3f} {s['fast_s'] - named16:9.3f}")
     print(f"{'forward':34s} {s['fp32_s']:9.3f} {s['fast_s']:9.3f} {_fmt(s['speedup'], '7.2f')}")
+    print(f"{'forward, CPU time of the process':34s} {s['fp32_cpu_s']:9.3f} {s['fast_cpu_s']:9.3f} "
+          f"{_fmt(s['cpu_speedup'], '7.2f')}")
+    print("  all forward times (s): fp32 " + ", ".join(f"{x:.2f}" for x in s["fp32_all_s"])
+          + "; fast " + ", ".join(f"{x:.2f}" for x in s["fast_all_s"]))
     print(f"{'fine render per target view':34s} {_fmt(s['fp32_render_s'], '9.3f')} {_fmt(s['fast_render_s'], '9.3f')}")
     print("parity of the fast path (RMS rel / max rel against float32):")
     for name, p in s["parity"].items():
         print(f"  {name:32s} {p['rms_rel']:.2e} / {p['max_rel']:.2e}")
     print(f"  fine Gaussians: fp32 {s['fine_gaussians']['fp32']:,}, fast {s['fine_gaussians']['fast']:,}; "
-          f"max |Δ| of the fine renders {s['max_render_diff']:.3e}")
+          f"fine renders: max |Δ| {s['max_render_diff']:.3e}, PSNR of fast against fp32 "
+          f"{s['render_psnr_fast_vs_fp32']:.1f} dB")
 
 
 def raster_section(args) -> dict | None:
@@ -406,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--targets", type=int, default=2, help="target views rendered from the fine Gaussians")
     ap.add_argument("--object-size", type=int, default=None, help="object image size (default 512)")
     ap.add_argument("--scene-size", type=int, default=None, help="scene image size (default 256)")
+    ap.add_argument("--bf16-stages", default=None,
+                    help="comma-separated stage names run in bfloat16 on the fast path (default: the model's choice)")
     ap.add_argument("--skip-raster", action="store_true")
     ap.add_argument("--quick", action="store_true", help="tiny presets at toy sizes (a smoke run)")
     ap.add_argument("--json", default=None, help="write the summary here")
