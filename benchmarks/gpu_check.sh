@@ -43,7 +43,11 @@ step() {  # step NAME LIMIT_S COMMAND...: run with a time limit, log, record sta
 # 1. environment
 {
   date -u
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 || echo "nvidia-smi: not available"
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1
+  else
+    echo "nvidia-smi: not available"
+  fi
   "$PY" - <<'EOF'
 import torch
 print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
@@ -101,8 +105,8 @@ if render.exists():
     r = json.loads(render.read_text())
     for p in r["parity"]:
         g = max(p["grad_max_rel"].values())
-        print(f"| {r['backend']} vs reference, {p['n']:,} Gaussians at {p['size']}² | | image max |Δ| "
-              f"{p['image_max_abs']:.1e}, worst gradient max rel {g:.1e} |")
+        print(f"| {r['backend']} vs reference, {p['n']:,} Gaussians at {p['size']}² | | image max abs diff "
+              f"{p['image_max_abs']:.1e}, alpha {p['alpha_max_abs']:.1e}, worst gradient max rel {g:.1e} |")
     if not r["available"]:
         print(f"| {r['backend']} vs reference | not available | {r['status']} |")
     for t in r["throughput"]:
