@@ -56,3 +56,18 @@ def test_inference_context():
     with pytest.raises(ValueError, match="precision"):
         with runtime.inference("fp16"):
             pass
+
+
+def test_inference_bf16_modules_only():
+    torch.manual_seed(0)
+    inner, outer = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+    model = torch.nn.Sequential(inner, torch.nn.ReLU(), outer)
+    dtypes = []
+    outer.register_forward_hook(lambda m, a, out: dtypes.append((a[0].dtype, out.dtype)))
+    x = torch.randn(3, 4)
+    with runtime.inference("bf16", [inner, torch.nn.ReLU()]):  # a module without parameters is allowed
+        y = model(x)
+    assert dtypes == [(torch.float32, torch.float32)] and y.dtype == torch.float32
+    assert not torch.equal(y, model(x))  # `inner` ran in bfloat16
+    assert (y - model(x)).abs().max() < 0.05
+    assert not inner._forward_pre_hooks and not inner._forward_hooks  # hooks removed afterwards

@@ -127,7 +127,7 @@ def _to_float32(value: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _bf16_forwards(modules: Iterable[Any]) -> Iterator[None]:
+def _bf16_forwards(modules: Iterable[Any], device: str) -> Iterator[None]:
     """bfloat16 autocast inside each module's forward (hooks; the modules' code is not changed); outputs as
     float32."""
     import torch
@@ -136,7 +136,7 @@ def _bf16_forwards(modules: Iterable[Any]) -> Iterator[None]:
     for module in modules:
         stack: list = []
         stacks.append(stack)
-        device_type = next(module.parameters()).device.type
+        device_type = next((p.device.type for p in module.parameters()), torch.device(device).type)
 
         def enter(mod, args, stack=stack, device_type=device_type):
             ctx = torch.autocast(device_type, dtype=torch.bfloat16)
@@ -160,7 +160,8 @@ def _bf16_forwards(modules: Iterable[Any]) -> Iterator[None]:
 def inference(precision: str = "fp32", modules: Iterable[Any] | None = None, device: str = "cpu"
               ) -> Iterator[None]:
     """`torch.inference_mode()`; for precision "bf16" also bfloat16 autocast, inside the forwards of `modules`
-    only (outputs handed on as float32) or, when `modules` is None, over the whole block on `device`."""
+    only (on their parameters' device; outputs handed on as float32) or, when `modules` is None, over the whole
+    block on `device`."""
     import torch
 
     if precision not in PRECISIONS:
@@ -171,5 +172,5 @@ def inference(precision: str = "fp32", modules: Iterable[Any] | None = None, dev
             if modules is None:
                 stack.enter_context(torch.autocast(torch.device(device).type, dtype=torch.bfloat16))
             else:
-                stack.enter_context(_bf16_forwards(list(modules)))
+                stack.enter_context(_bf16_forwards(list(modules), device))
         yield
