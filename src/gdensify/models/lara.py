@@ -471,6 +471,11 @@ class VolumeTransformer(nn.Module):
                 conds[g] = conds[g].to(torch.get_autocast_dtype(feat_vol.device.type))
         size = self.size
         p = _to_groups(self.pos_embed.expand(b, -1, -1, -1, -1), self._layer_groups(0))
+        if feat_vol.device.type == "cpu" and torch.is_autocast_enabled("cpu") and not torch.is_grad_enabled():
+            # CPU inference under autocast: the residual stream in bfloat16 too. The elementwise work is memory-
+            # bound, so this is ~30 % faster; the output moves from 0.7 % to 0.95 % RMS away from float32. With
+            # autograd on (mixed-precision training) the stream stays float32.
+            p = p.to(torch.get_autocast_dtype("cpu"))
         for i, layer in enumerate(self.layers):
             p = layer(p, conds[self._layer_groups(i)], b, self._layer_groups(i), size, self._layer_groups(i + 1))
         x = self.norm(p.view(b, size, size, size, -1))  # channels-last voxels
