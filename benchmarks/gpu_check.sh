@@ -36,7 +36,9 @@ step() {  # step NAME LIMIT_S COMMAND...: run with a time limit, log, record sta
   timeout "$limit" "$@" 2>&1 | tee -a "$LOG"
   local rc=${PIPESTATUS[0]}
   SECONDS_TAKEN[$name]=$((SECONDS - t0))
-  if [ "$rc" -eq 0 ]; then STATUS[$name]=ok; elif [ "$rc" -eq 124 ]; then STATUS[$name]="timed out"; else STATUS[$name]="failed (rc $rc)"; fi
+  if [ "$rc" -eq 0 ]; then STATUS[$name]=ok
+  elif [ "$rc" -eq 124 ]; then STATUS[$name]="timed out"
+  else STATUS[$name]="failed (rc $rc)"; fi
   echo "== $name: ${STATUS[$name]} in ${SECONDS_TAKEN[$name]} s" | tee -a "$LOG"
 }
 

@@ -452,7 +452,8 @@ def main(argv: list[str] | None = None) -> int:
         out["raster_200k_512"] = raster_section(args)
     if "object" in out and not args.quick:
         s = out["object"]
-        print(f"\ntargets: object forward fast/fp32 speed-up {_fmt(s['speedup'])} (target ≥ {OBJECT_TARGET_SPEEDUP}); "
+        print(f"\ntargets: object forward fast/fp32 speed-up {_fmt(s['speedup'])} "
+              f"(target ≥ {OBJECT_TARGET_SPEEDUP}); "
               f"fine render {_fmt(s['fast_render_s'], '.3f')} s per {s['image_size']}² view "
               f"(target ≤ {RENDER_TARGET_S} s)")
     if load:

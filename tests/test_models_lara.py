@@ -15,8 +15,8 @@ from gdensify.models import (
     load_vit_weights, parameter_counts, visible_masks,
 )
 from gdensify.models.lara import (
-    CrossAttention, ModLN, VolumeTransformer, _conv3x3x3, _to_groups, _token_view, camera_tensors, dense_grid, plucker_sh, rsh_cart_3,
-    token_plucker,
+    CrossAttention, ModLN, VolumeTransformer, _conv3x3x3, _to_groups, _token_view, camera_tensors, dense_grid,
+    plucker_sh, rsh_cart_3, token_plucker,
 )
 from gdensify.models.vit import resample_pos_embed
 from gdensify.sh import sh_basis
