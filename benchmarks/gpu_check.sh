@@ -75,19 +75,19 @@ else
 fi
 
 # 2. renderer: gsplat vs reference, throughput
-step render 120 "$PY" "$ROOT/benchmarks/gpu_check.py" --device "$DEVICE" "${RENDER[@]}" --json "$RESULTS/render.json"
+step render 100 "$PY" "$ROOT/benchmarks/gpu_check.py" --device "$DEVICE" --repeats 3 "${RENDER[@]}" --json "$RESULTS/render.json"
 
 # 3. published-size models, float32 and bfloat16
-step published_models 180 "$PY" "$ROOT/benchmarks/published_models.py" --device "$DEVICE" "${QUICK[@]}" --repeats 3 \
+step published_models 150 "$PY" "$ROOT/benchmarks/published_models.py" --device "$DEVICE" "${QUICK[@]}" --repeats 3 \
   --targets 2 --skip-raster --json "$RESULTS/published_models.json"
 
 # 4. 20 training steps of each tiny model on CUDA, on synthetic data
-step make_data 60 bash -c "'$PY' -m gdensify.cli make-data objects '$WORK/objects' --count 4 && \
+step make_data 45 bash -c "'$PY' -m gdensify.cli make-data objects '$WORK/objects' --count 4 && \
   '$PY' -m gdensify.cli make-data scenes '$WORK/scenes' --count 4"
-step train_tiny 90 "$PY" -m gdensify.cli train --config tiny --accelerator "$ACCEL" --no-progress \
+step train_tiny 75 "$PY" -m gdensify.cli train --config tiny --accelerator "$ACCEL" --no-progress \
   train.max_steps=20 train.out_dir="$WORK/run_tiny" data.root="$WORK/objects"
 cp "$LOG" "$RESULTS/train_tiny.log"
-step train_scene 90 "$PY" -m gdensify.cli train --config scene-tiny --accelerator "$ACCEL" --no-progress \
+step train_scene 75 "$PY" -m gdensify.cli train --config scene-tiny --accelerator "$ACCEL" --no-progress \
   train.max_steps=20 train.out_dir="$WORK/run_scene" data.root="$WORK/scenes"
 sed -n '/== train_scene/,$p' "$LOG" >"$RESULTS/train_scene.log"
 sed -i -n '/== train_tiny/,/== train_tiny:/p' "$RESULTS/train_tiny.log"
