@@ -75,7 +75,8 @@ else
 fi
 
 # 2. renderer: gsplat vs reference, throughput
-step render 100 "$PY" "$ROOT/benchmarks/gpu_check.py" --device "$DEVICE" --repeats 3 "${RENDER[@]}" --json "$RESULTS/render.json"
+step render 100 "$PY" "$ROOT/benchmarks/gpu_check.py" --device "$DEVICE" --repeats 3 "${RENDER[@]}" \
+  --json "$RESULTS/render.json"
 
 # 3. published-size models, float32 and bfloat16
 step published_models 150 "$PY" "$ROOT/benchmarks/published_models.py" --device "$DEVICE" "${QUICK[@]}" --repeats 3 \
