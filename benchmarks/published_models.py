@@ -14,7 +14,8 @@ the process's peak RSS while the stage ran (`/proc/self/clear_refs` resets it; C
 fine Gaussians of each run are rendered into `--targets` views at the input resolution (float32 renderer).
 
 The fast path is `gdensify.runtime.inference("bf16", modules)`: the listed stages in bfloat16 autocast, the rest
-in float32. Parity: relative differences of each stage's output (RMS of the difference over RMS of the float32
+in float32 (objects: image encoder, volume transformer and densifier in bfloat16; scenes: none, see
+`scene_stages`; `--bf16-stages` overrides). Parity: relative differences of each stage's output (RMS of the difference over RMS of the float32
 value, and max |Δ| over max |float32|), and `max_render_diff`, the largest per-pixel difference between the
 float32 and fast-path fine renders (colours in [0, 1]).
 
@@ -211,13 +212,16 @@ def build_model(kind: str, quick: bool, weights: str | None) -> tuple[torch.nn.M
 
 
 def object_stages(model) -> tuple[dict, list, dict]:
-    """(timed stage modules, bf16 modules, compared stage outputs) of an ObjectGD."""
+    """(timed stage modules, bf16 modules, compared stage outputs) of an ObjectGD. bfloat16: the backbone's
+    `bf16_modules()` (image encoder, volume transformer) and the densifier; the Gaussian heads, the refinement,
+    the renders and the selection stay float32."""
     bb = model.backbone
     stages = {"image encoder": bb.img_encoder, "volume transformer": bb.vol_decoder,
               "coarse head": bb.decoder.mlp_coarse, "densifier": model.densifier}
     taps = {"image encoder": bb.img_encoder, "volume transformer": bb.vol_decoder,
             "coarse head": bb.decoder.mlp_coarse}
-    return stages, bb.bf16_modules(), taps
+    bf16 = bb.bf16_modules() + ([model.densifier] if model.densifier is not None else [])
+    return stages, bf16, taps
 
 
 def scene_stages(model) -> tuple[dict, list, dict]:
