@@ -16,8 +16,8 @@ from gdensify.models import (
 from gdensify.cameras import stack_cameras
 from gdensify.io.weights import WeightLoadingError
 from gdensify.models.lara import (
-    CrossAttention, ModLN, _from_groups, _to_groups, dense_grid, plucker_sh, rsh_cart_3,
-    token_plucker,
+    CrossAttention, ModLN, VolumeTransformer, _conv3x3x3, _to_groups, _token_view, dense_grid, plucker_sh,
+    rsh_cart_3, token_plucker,
 )
 from gdensify.models.vit import resample_pos_embed
 from gdensify.sh import sh_basis
@@ -183,15 +183,128 @@ def test_cross_attention_equals_torch_multihead_attention():
     assert torch.allclose(ours(q, kv), ref(q, kv, kv, need_weights=False)[0], atol=1e-5)
 
 
-def test_grouping_is_invertible_and_local():
+def test_cross_attention_attend_one_equals_forward():
+    torch.manual_seed(0)
+    att = CrossAttention(32, 4, 8, 8)
+    q, ctx = torch.randn(50, 32, requires_grad=True), torch.rand(50, 4, 8)
+    ref = att(q[:, None], ctx)[:, 0]
+    out = att.attend_one(q, ctx)
+    assert (out - ref).abs().max() <= 1e-6 * ref.abs().max()
+    gq, gw = torch.autograd.grad(out.square().sum(), [q, att.k_proj_weight])
+    rq, rw = torch.autograd.grad(ref.square().sum(), [q, att.k_proj_weight])
+    assert torch.allclose(gq, rq, atol=1e-5) and torch.allclose(gw, rw, atol=1e-5)
+
+
+def test_grouping_is_a_local_view():
     x = torch.randn(2, 3, 8, 8, 8)
+    view = _token_view(x, 4)
+    assert view.shape == (2, 4, 4, 4, 2, 2, 2, 3) and view.data_ptr() == x.data_ptr()
     groups = _to_groups(x, 4)
     assert groups.shape == (2 * 64, 8, 3)
-    assert torch.equal(_from_groups(groups, 2, 4, 8), x)
-    # group (b=1, i=1, j=2, k=3) holds exactly the 2³ block x[1, :, 2:4, 4:6, 6:8]
+    # group (b=1, i=1, j=2, k=3) holds exactly the 2³ block x[1, :, 2:4, 4:6, 6:8], x slowest
     g = groups[1 * 64 + 1 * 16 + 2 * 4 + 3]
-    block = x[1, :, 2:4, 4:6, 6:8].reshape(3, -1).T
-    assert torch.equal(torch.sort(g, dim=0).values, torch.sort(block, dim=0).values)
+    assert torch.equal(g, x[1, :, 2:4, 4:6, 6:8].reshape(3, -1).T)
+
+
+def _reference_volume_transformer(vt: VolumeTransformer, feat_vol: torch.Tensor) -> torch.Tensor:
+    """The volume transformer written plainly (as before the layout change): every block regroups a
+    (B, C, D, H, W) volume into tokens and back."""
+    b, v, c, f = feat_vol.shape[:4]
+    x = vt.pos_embed.expand(b, -1, -1, -1, -1)
+    for i, layer in enumerate(vt.layers):
+        g = vt.groups[i % len(vt.groups)]
+        s, d = f // g, x.shape[2]
+        cond = feat_vol.reshape(b, v, c, g, s, g, s, g, s).permute(0, 3, 5, 7, 1, 4, 6, 8, 2)
+        cond = cond.reshape(b * g ** 3, v * s ** 3, c)
+        p = _to_groups(x, g)
+        p = p + layer.cross_attn(layer.norm1(p), cond)
+        p = p + layer.mlp(layer.norm2(p))
+        q = d // g
+        p = layer.norm3(p).reshape(b, g, g, g, q, q, q, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
+        x = p.reshape(b, -1, d, d, d)
+        x = x + _conv3x3x3(x, layer.cnn.weight)
+    x = vt.norm(x.permute(0, 2, 3, 4, 1)).permute(0, 4, 1, 2, 3)
+    return vt.deconv(x).permute(0, 2, 3, 4, 1)
+
+
+def _volume_transformer(layers: int = 3) -> VolumeTransformer:
+    torch.manual_seed(0)
+    vt = VolumeTransformer(16, 20, 8, 8, layers, 2, (4, 2), 2.0)
+    with torch.no_grad():  # non-trivial norms and biases, so that every parameter matters
+        for prm in vt.parameters():
+            prm.add_(0.1 * torch.randn_like(prm))
+    return vt.eval()
+
+
+def test_volume_transformer_layouts_match_plain_reference_in_float32():
+    vt = _volume_transformer()
+    feat = torch.randn(2, 3, 20, 4, 4, 4)
+    with torch.no_grad():
+        ref = _reference_volume_transformer(vt, feat)
+        out = vt(feat)
+        with torch.inference_mode():
+            out_inf = vt(feat)
+    assert out.shape == (2, 16, 16, 16, 8) and out.is_contiguous()
+    scale = ref.abs().max()
+    assert (out - ref).abs().max() <= 1e-6 * scale
+    assert (out_inf - ref).abs().max() <= 1e-6 * scale
+    # under autograd the strided writes become copies of the same values: same outputs and gradients
+    feat.requires_grad_(True)
+    grads_ref = torch.autograd.grad(_reference_volume_transformer(vt, feat).square().sum(),
+                                    [feat, vt.pos_embed, vt.layers[0].cnn.weight])
+    grads = torch.autograd.grad(vt(feat).square().sum(), [feat, vt.pos_embed, vt.layers[0].cnn.weight])
+    for a, b in zip(grads, grads_ref):
+        assert (a - b).abs().max() <= 1e-6 * b.abs().max()
+
+
+def _copies(fn) -> list:
+    """`aten::copy_` calls made by fn(), except dtype casts (`_to_copy`) and bias broadcasts of `addmm`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        fn()
+    out = []
+    for e in prof.events():
+        if e.name == "aten::copy_":
+            parent = e.cpu_parent.name if e.cpu_parent is not None else ""
+            if parent not in ("aten::_to_copy", "aten::addmm"):
+                out.append(e.input_shapes[0])
+    return out
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_volume_transformer_blocks_copy_no_volume(autocast):
+    """Layout copies per forward do not grow with the number of blocks, except float32's convolution input
+    (one per block, kept for bit-for-bit float32 results)."""
+    feat = torch.randn(1, 3, 20, 4, 4, 4)
+    counts = []
+    for layers in (2, 4):
+        vt = _volume_transformer(layers)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            vt(feat)
+            copies = _copies(lambda: vt(feat))
+        weight_copies = [s for s in copies if len(s) == 5 and s[2:] in ([3, 3, 3], [2, 2, 2]) and s[0] != 1]
+        counts.append(len(copies) - len(weight_copies))
+    per_block = (counts[1] - counts[0]) // 2
+    assert per_block == (0 if autocast else 1), counts
+    if autocast:  # the query volume, and the feature volume once per group count (4 and 2)
+        assert counts[0] == 3, counts
+
+
+def test_volume_transformer_bf16_autocast_stays_close():
+    vt = _volume_transformer()
+    feat = torch.randn(1, 3, 20, 4, 4, 4)
+    with torch.inference_mode():
+        ref = vt(feat)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = vt(feat)
+    assert out.dtype == torch.bfloat16
+    assert ((out.float() - ref).norm() / ref.norm()) < 2e-2
+    # with autograd on (mixed-precision training) the residual stream stays float32: a different, closer result
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        trained = vt(feat).detach()
+    assert not torch.equal(trained, out)
+    assert (trained.float() - ref).norm() < (out.float() - ref).norm()
 
 
 # ------------------------------------------------------------------------------------------- tiny forward
@@ -505,3 +618,33 @@ def test_bf16_autocast_forward_gives_float32_gaussians(micro):
         assert getattr(out, name).dtype == torch.float32
     assert refined[0].features.dtype == torch.float32 and refined[0].gaussians.sh.dtype == torch.float32
     assert (out.means - ref.means).abs().max() < 2e-3  # bounded offsets: tiny differences only
+
+
+def test_fast_path_runs_encoder_and_volume_transformer_in_bf16(micro):
+    from gdensify.runtime import inference
+
+    images = torch.rand(1, 2, MICRO, MICRO, 3)
+    cams = ring_cameras(2, size=MICRO)
+    seen = {}
+    hooks = [m.register_forward_hook(lambda mod, a, out, name=name: seen.__setitem__(name, out.dtype))
+             for name, m in (("conv", micro.vol_decoder.layers[0].cnn), ("mlp", micro.vol_decoder.layers[0].mlp[0]),
+                             ("vit", micro.img_encoder.model.blocks[0].mlp.fc1), ("head", micro.decoder.mlp_coarse))]
+    try:
+        with inference("fp32"):
+            ref = micro.encode(images, cams)
+        with inference("bf16", micro.bf16_modules()):
+            micro.vol_decoder.layers[0].cnn(torch.zeros(1, 16, 3, 3, 3))  # outside the stage: float32
+            assert seen.pop("conv") == torch.float32
+            out = micro.encode(images, cams)
+            rgb, alpha, depth = fake_renders(out, images)
+            refined = micro.refine(out, images, rgb, alpha, depth)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert seen == {"mlp": torch.bfloat16, "vit": torch.bfloat16, "head": torch.float32}
+    for name in ("means", "quats", "log_scales", "opacity_logits", "sh", "voxel_features"):
+        a, b = getattr(out, name), getattr(ref, name)
+        assert a.dtype == torch.float32 and not torch.equal(a, b)
+        assert (a - b).norm() <= 0.05 * b.norm(), name
+    assert refined[0].features.dtype == torch.float32
+    assert not torch.is_autocast_enabled("cpu")

@@ -292,22 +292,55 @@ class CrossAttention(nn.Module):
         q = F.linear(query, self.q_proj_weight).view(n, lq, h, e // h).transpose(1, 2)
         k = F.linear(context, self.k_proj_weight).view(n, -1, h, e // h).transpose(1, 2)
         v = F.linear(context, self.v_proj_weight).view(n, -1, h, e // h).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v)
+        if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+            # PyTorch's CPU attention kernel is slower in bfloat16 than in float32 for these short sequences
+            # (a few keys per query group); float32 here is faster and more precise
+            with torch.autocast("cpu", enabled=False):
+                out = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
         return self.out_proj(out.transpose(1, 2).reshape(n, lq, e))
+
+    def attend_one(self, query: Float[Tensor, "n e"], context: Float[Tensor, "n lk c"]) -> Float[Tensor, "n e"]:
+        """`forward` for one query per item, computed in the context's space: the key projection is folded into
+        the query side (per head, Wₖᵀ·W_q) and the value projection into the output side (W_o·W_v), so nothing
+        of size n·lk·embed_dim is formed. Same values as `forward(query[:, None], context)[:, 0]` up to float
+        rounding; much cheaper when the context is narrow (the refinement's 8-d view tokens)."""
+        n, e = query.shape
+        h, kdim, vdim = self.num_heads, self.k_proj_weight.shape[1], self.v_proj_weight.shape[1]
+        d = e // h
+        wq = self.q_proj_weight.view(h, d, e)
+        wk = self.k_proj_weight.view(h, d, kdim)
+        fold_q = torch.einsum("hdk,hde->hke", wk, wq).reshape(h * kdim, e) * d ** -0.5
+        fold_o = torch.einsum("ehd,hdv->ehv", self.out_proj.weight.view(e, h, d), self.v_proj_weight.view(h, d, vdim))
+        q = F.linear(query, fold_q).view(n, h, kdim)  # query in key space, per head
+        # (n, lk, h): the softmax runs over a middle axis, vectorised over the heads (a last axis of a few
+        # keys is slow on the CPU)
+        weights = torch.softmax(torch.bmm(context, q.transpose(1, 2)), dim=1)
+        mixed = torch.bmm(weights.transpose(1, 2), context)  # (n, h, vdim): attention-weighted context per head
+        return F.linear(mixed.reshape(n, h * vdim), fold_o.reshape(e, h * vdim))
+
+
+def _token_view(volume: Float[Tensor, "b c d h w"], groups: int) -> Float[Tensor, "b g g g s s s c"]:
+    """The voxels of a cubic volume (any memory layout) indexed as groups³ blocks of s³ = (d/groups)³ tokens,
+    channels last. A view: nothing is copied."""
+    b, c, d = volume.shape[:3]
+    s = d // groups
+    return volume.view(b, c, groups, s, groups, s, groups, s).permute(0, 2, 4, 6, 3, 5, 7, 1)
 
 
 def _to_groups(x: Float[Tensor, "b c d h w"], groups: int) -> Float[Tensor, "bg l c"]:
-    """Split a cubic volume into groups³ blocks of (d/groups)³ tokens, channels last."""
+    """Split a cubic volume into groups³ blocks of (d/groups)³ tokens, channels last (a copy)."""
     b, c, d = x.shape[:3]
-    s = d // groups
-    x = x.reshape(b, c, groups, s, groups, s, groups, s).permute(0, 2, 4, 6, 3, 5, 7, 1)
-    return x.reshape(b * groups ** 3, s ** 3, c)
+    return _token_view(x, groups).reshape(b * groups ** 3, (d // groups) ** 3, c)
 
 
-def _from_groups(p: Float[Tensor, "bg l c"], batch: int, groups: int, size: int) -> Float[Tensor, "b c d h w"]:
-    s, c = size // groups, p.shape[-1]
-    p = p.reshape(batch, groups, groups, groups, s, s, s, c).permute(0, 7, 1, 4, 2, 5, 3, 6)
-    return p.reshape(batch, c, size, size, size)
+def _add_into(a: Tensor, b: Tensor, out: Tensor) -> Tensor:
+    """out ← a + b, where `out` is a view into another memory layout: the sum is written there directly (the
+    relayout costs nothing beyond the addition). Under autograd, the same values go through a `copy_`."""
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
+        return out.copy_(a + b)
+    return torch.add(a, b, out=out)
 
 
 def _cpu_autocast_enabled() -> bool:
@@ -318,9 +351,11 @@ def _cpu_autocast_enabled() -> bool:
 
 
 def _conv3x3x3(x: Float[Tensor, "b c d h w"], weight: Float[Tensor, "o c 3 3 3"]) -> Float[Tensor, "b o d h w"]:
-    """3×3×3 convolution, padding 1, no bias. On CPU float32 (no autocast) it calls oneDNN directly: PyTorch's
-    backend heuristic sends batch-1 volumes with few channels (the `tiny` preset) to the much slower im2col
-    `slow_conv3d`; oneDNN gives the same result (to float rounding) 2–3× faster, with autograd support."""
+    """3×3×3 convolution, padding 1, no bias. On CPU float32 (no autocast) it calls oneDNN directly on a
+    (B, C, D, H, W)-contiguous input: PyTorch's backend heuristic sends batch-1 volumes with few channels (the
+    `tiny` preset) to the much slower im2col `slow_conv3d`; oneDNN gives the same result (to float rounding)
+    2–3× faster, with autograd support. Otherwise (autocast, bfloat16, CUDA) it runs on the input's own memory
+    layout (channels-last in `GroupAttBlock`), and so does its output."""
     if (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
             and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
             and not _cpu_autocast_enabled()):
@@ -329,7 +364,16 @@ def _conv3x3x3(x: Float[Tensor, "b c d h w"], weight: Float[Tensor, "o c 3 3 3"]
 
 
 class GroupAttBlock(nn.Module):
-    """x ← x + MHA(LN₁x, cond) per group; x ← x + MLP(LN₂x); x ← LN₃x; x ← x + Conv3d₃ₓ₃ₓ₃(x) (whole volume)."""
+    """x ← x + MHA(LN₁x, cond) per group; x ← x + MLP(LN₂x); x ← LN₃x; x ← x + Conv3d₃ₓ₃ₓ₃(x) (whole volume).
+
+    Memory layouts, chosen so that nothing is copied from one layout to another: the residual stream enters as
+    group-major tokens (B·g³, s³, C) for this block's group count g (attention, MLP and LN₁, LN₂ run on them);
+    the MLP's residual sum is written straight into a channels-last volume (B, D, H, W, C), where LN₃ and the
+    convolution run; the convolution's residual sum is written straight into the next block's group-major
+    tokens (`next_groups`; `next_groups = D` gives channels-last voxels). The relayouts ride on additions that
+    happen anyway. Only in float32 on the CPU does the convolution read a (B, C, D, H, W)-contiguous copy of its
+    input: oneDNN's channels-last float32 kernel rounds differently (≈4e-6 relative at the `paper` size), and
+    float32 is the reference path, kept bit-for-bit as it was."""
 
     def __init__(self, dim: int, cond_dim: int, num_heads: int, mlp_ratio: float = 2.0) -> None:
         super().__init__()
@@ -342,17 +386,30 @@ class GroupAttBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(0.0), nn.Linear(hidden, dim),
                                  nn.Dropout(0.0))
 
-    def forward(self, x: Float[Tensor, "b c d h w"], cond: Float[Tensor, "bg lk cc"], groups: int) -> Tensor:
-        b, _, d = x.shape[:3]
-        p = _to_groups(x, groups)
+    def forward(self, p: Float[Tensor, "bg l c"], cond: Float[Tensor, "bg lk cc"], batch: int, groups: int,
+                size: int, next_groups: int) -> Float[Tensor, "bg2 l2 c"]:
+        c = p.shape[-1]
+        s, n = size // groups, size // next_groups
         p = p + self.cross_attn(self.norm1(p), cond)
-        p = p + self.mlp(self.norm2(p))
-        x = _from_groups(self.norm3(p), b, groups, d)
-        return x + _conv3x3x3(x, self.cnn.weight)
+        voxels = p.new_empty(batch, size, size, size, c)  # channels-last volume
+        _add_into(p.view(batch, groups, groups, groups, s, s, s, c),
+                  self.mlp(self.norm2(p)).view(batch, groups, groups, groups, s, s, s, c),
+                  _token_view(voxels.permute(0, 4, 1, 2, 3), groups))
+        y = self.norm3(voxels).permute(0, 4, 1, 2, 3)  # (B, C, D, H, W) view of channels-last memory
+        z = _conv3x3x3(y, self.cnn.weight)
+        out = p.new_empty(batch * next_groups ** 3, n ** 3, c)
+        _add_into(_token_view(y, next_groups), _token_view(z, next_groups),
+                  out.view(batch, next_groups, next_groups, next_groups, n, n, n, c))
+        return out
 
 
 class VolumeTransformer(nn.Module):
-    """LaRa `VolTransformer`: learned query volume, group-attention blocks, LN, ×2 transposed-conv up-sampling."""
+    """LaRa `VolTransformer`: learned query volume, group-attention blocks, LN, ×2 transposed-conv up-sampling.
+
+    No block copies the volume between layouts (`GroupAttBlock`); per forward, the learned query volume and the
+    feature volume are put once into token order (the feature volume once per group count, not once per block),
+    and the final LN and transposed convolution run channels-last, which is also the output's layout. With
+    autograd on, the relayouting additions become `copy_`s of the same values."""
 
     def __init__(self, dim: int, cond_dim: int, size: int, out_dim: int, num_layers: int, num_heads: int,
                  groups: Sequence[int], mlp_ratio: float = 2.0, eps: float = 1e-6) -> None:
@@ -363,19 +420,31 @@ class VolumeTransformer(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=eps)
         self.deconv = nn.ConvTranspose3d(dim, out_dim, kernel_size=2, stride=2)
 
+    def _layer_groups(self, i: int) -> int:
+        """Group count of block i; past the last block, `size` (one voxel per group: channels-last voxels)."""
+        return self.groups[i % len(self.groups)] if i < len(self.layers) else self.size
+
     def forward(self, feat_vol: Float[Tensor, "b v c f f f"]) -> Float[Tensor, "b g g g o"]:
         b, v, c, f = feat_vol.shape[:4]
         conds = {}
         for g in set(self.groups):
             s = f // g
             blocks = feat_vol.reshape(b, v, c, g, s, g, s, g, s).permute(0, 3, 5, 7, 1, 4, 6, 8, 2)
-            conds[g] = blocks.reshape(b * g ** 3, v * s ** 3, c)
-        x = self.pos_embed.expand(b, -1, -1, -1, -1)
+            conds[g] = blocks.reshape(b * g ** 3, v * s ** 3, c).contiguous()  # read by every block's k/v
+            if torch.is_autocast_enabled(feat_vol.device.type):  # cast once, not in every block's k/v projection
+                conds[g] = conds[g].to(torch.get_autocast_dtype(feat_vol.device.type))
+        size = self.size
+        p = _to_groups(self.pos_embed.expand(b, -1, -1, -1, -1), self._layer_groups(0))
+        if feat_vol.device.type == "cpu" and torch.is_autocast_enabled("cpu") and not torch.is_grad_enabled():
+            # CPU inference under autocast: the residual stream in bfloat16 too. The elementwise work is memory-
+            # bound, so this is ~30 % faster; the output moves from 0.7 % to 0.95 % RMS away from float32. With
+            # autograd on (mixed-precision training) the stream stays float32.
+            p = p.to(torch.get_autocast_dtype("cpu"))
         for i, layer in enumerate(self.layers):
-            g = self.groups[i % len(self.groups)]
-            x = layer(x, conds[g], g)
-        x = self.norm(x.permute(0, 2, 3, 4, 1)).permute(0, 4, 1, 2, 3)
-        return self.deconv(x).permute(0, 2, 3, 4, 1).contiguous()
+            p = layer(p, conds[self._layer_groups(i)], b, self._layer_groups(i), size, self._layer_groups(i + 1))
+        x = self.norm(p.view(b, size, size, size, -1))  # channels-last voxels
+        # the transposed convolution reads and writes channels-last (oneDNN), so the result needs no permute copy
+        return self.deconv(x.permute(0, 4, 1, 2, 3)).permute(0, 2, 3, 4, 1).contiguous()
 
 
 class GaussianHeads(nn.Module):
@@ -403,8 +472,8 @@ class GaussianHeads(nn.Module):
     def fine(self, feats: Float[Tensor, "m c"], point_feats: Float[Tensor, "m v 8"]
              ) -> tuple[Float[Tensor, "m c"], Float[Tensor, "m s"]]:
         """(refined feature, SH residual) from the voxel feature attending to the per-view point features."""
-        x = self.cross_att(self.norm(feats)[:, None], point_feats)
-        out = self.mlp_fine(x[:, 0]).float()
+        x = self.cross_att.attend_one(self.norm(feats), point_feats)
+        out = self.mlp_fine(x).float()
         return out[:, :self.dim], out[:, self.dim:]
 
 
@@ -506,6 +575,13 @@ class LaRaBackbone(Backbone):
     @property
     def num_gaussians(self) -> int:
         return self.config.num_gaussians
+
+    def bf16_modules(self) -> list[nn.Module]:
+        """The stages that run in bfloat16 on the fast path (`gdensify.runtime.inference("bf16", modules)`): the
+        image encoder and the volume transformer, which hold almost all of the arithmetic. The ray modulation,
+        the lifting, the Gaussian heads and the refinement stay float32 (cheap; the heads' outputs are the
+        Gaussians' parameters)."""
+        return [self.img_encoder, self.vol_decoder]
 
     def load_encoder_weights(self, path: str, prefix: str = "", ignore_prefixes: tuple[str, ...] = ()) -> None:
         load_vit_weights(self.img_encoder.model, path, prefix=prefix, ignore_prefixes=ignore_prefixes)
