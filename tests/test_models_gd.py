@@ -147,3 +147,22 @@ def test_unknown_backbone_names_are_refused():
 
     with pytest.raises(ConfigError, match="not a registered backbone"):
         from_dict(GDConfig, {"backbone": {"name": "depthsplat"}})
+
+
+def test_the_cpu_fast_path_runs_the_heavy_stages_in_bfloat16():
+    from gdensify.evaluation.evaluate import evaluate_example
+
+    torch.manual_seed(0)
+    config = GDConfig.preset("object-tiny")
+    config.selection.k = 100
+    model = GDModel(config).eval()
+    assert model.bf16_modules() == [model.backbone.img_encoder, model.backbone.vol_decoder, model.densifier]
+    assert GDModel(GDConfig.preset("scene-tiny")).bf16_modules() == []  # no scene stage keeps its accuracy
+    batch = _batch(size=32, items=1)
+    example = ViewExample(batch.input_images[0], batch.input_cameras[0], batch.target_images[0],
+                          batch.target_cameras[0], batch.target_backgrounds[0], "item")
+    fp32 = evaluate_example(model, example, generator=torch.Generator().manual_seed(0))
+    bf16 = evaluate_example(model, example, generator=torch.Generator().manual_seed(0), precision="bf16")
+    assert fp32.row["n_fine"] == bf16.row["n_fine"]
+    assert not torch.equal(fp32.reconstruction.coarse[0].means, bf16.reconstruction.coarse[0].means)
+    assert abs(fp32.row["psnr_fine"] - bf16.row["psnr_fine"]) < 0.5

@@ -213,7 +213,7 @@ def _report(args: argparse.Namespace, rows, label: str, path, model, folder: Pat
         raise ValueError(f"--data {args.data}: no {label} to evaluate")
     summary = summarize(rows, label)
     summary.update({"checkpoint": str(path), "data": str(args.data), "selection": model.config.selection.method,
-                    "protocol_departures": departures})
+                    "precision": args.precision, "protocol_departures": departures})
     write_report(rows, summary, folder, f"per_{label[:-1]}.csv")
     print(format_table(rows, summary))
     for note in departures:
@@ -229,7 +229,7 @@ def _eval(args: argparse.Namespace) -> int:
     dataset, source, departures = _workload(args, model, checkpoint)
     with staged_folder(args.out, args.overwrite) as stage:
         rows = evaluate(model, (dataset[i] for i in range(len(dataset))), total=len(dataset),
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, precision=args.precision)
         _report(args, rows, source.item_label, path, model, stage, departures)
     return 0
 
@@ -244,7 +244,8 @@ def _reconstruct(args: argparse.Namespace) -> int:
     with staged_folder(args.out, args.overwrite) as stage:
         rows = reconstruct_examples(model, (dataset[i] for i in range(len(dataset))), stage, source.nearest_input,
                                     len(dataset), progress=not args.no_progress, video_frames=frames,
-                                    video_size=args.size, object_centric=source.item_label == "objects")
+                                    video_size=args.size, object_centric=source.item_label == "objects",
+                                    precision=args.precision)
         _report(args, rows, source.item_label, path, model, stage, departures)
     extra = ", video.mp4 (coarse | GD)" if frames else ""
     print(f"per item under {args.out}: coarse.ply, fine.ply, comparison.png (input | coarse | GD | truth){extra}")
@@ -524,6 +525,9 @@ def _expected(err: BaseException) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from . import runtime
+
+    runtime.configure_threads()
     try:
         return args.run(args)
     except Exception as err:

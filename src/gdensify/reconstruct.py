@@ -76,7 +76,7 @@ def video_cameras(inputs: Cameras, object_centric: bool, gaussians: Gaussians, f
 def reconstruct_examples(model: nn.Module, examples: Iterable[ViewExample], out_dir: str | os.PathLike,
                          nearest: Callable[[Cameras, Cameras], list[int]], total: int | None = None,
                          progress: bool = True, video_frames: int = 0, video_size: int | None = None,
-                         object_centric: bool = True) -> list[dict[str, Any]]:
+                         object_centric: bool = True, precision: str = "fp32") -> list[dict[str, Any]]:
     """Every example through the model: `.ply` files (in the dataset's frame: `example.to_dataset_frame`), a
     comparison image and the metric row (`evaluate_example`) per item; with `video_frames`, also `video.mp4`
     (coarse | GD side by side along `video_cameras`; a GIF without imageio-ffmpeg)."""
@@ -86,7 +86,7 @@ def reconstruct_examples(model: nn.Module, examples: Iterable[ViewExample], out_
     rows = []
     for i, example in enumerate(tqdm(examples, total=total, desc="reconstruct", unit="item", disable=not progress)):
         to_output_frame = example.to_dataset_frame or (lambda g: g)
-        result = evaluate_example(model, example, lpips_model, torch.Generator(device).manual_seed(i))
+        result = evaluate_example(model, example, lpips_model, torch.Generator(device).manual_seed(i), precision)
         target, out = out_dir / example.name, result.reconstruction
         for which, sets in (("coarse", out.coarse), ("fine", out.fine)):
             if sets is not None:

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from .. import runtime
 from ..data.batch import ViewBatch, ViewExample
 from ..io import atomic_path
 from ..models.output import Reconstruction
@@ -38,12 +39,13 @@ class ExampleResult:
 
 
 def evaluate_example(model: nn.Module, example: ViewExample, lpips_model: LPIPSVGG | None = None,
-                     generator: torch.Generator | None = None) -> ExampleResult:
-    """One item through the model, rendered into its target views and scored."""
+                     generator: torch.Generator | None = None, precision: str = "fp32") -> ExampleResult:
+    """One item through the model, rendered into its target views and scored. `precision="bf16"`: the CPU fast
+    path (`runtime.inference`, bfloat16 in `model.bf16_modules()` only); renders and metrics stay float32."""
     device = next(model.parameters()).device
     batch = ViewBatch.collate([example]).to(device)
     start = time.perf_counter()
-    with torch.inference_mode():
+    with runtime.inference(precision, model.bf16_modules() if precision == "bf16" else None, device.type):
         out = model(batch, generator=generator)
     seconds = time.perf_counter() - start
     row: dict[str, Any] = {"name": example.name, "n_targets": len(example.target_cameras),
@@ -78,14 +80,14 @@ def summarize(rows: list[dict[str, Any]], item_label: str = "objects") -> dict[s
 
 
 def evaluate(model: nn.Module, examples: Iterable[ViewExample], total: int | None = None, progress: bool = True,
-             seed: int = 0) -> list[dict[str, Any]]:
+             seed: int = 0, precision: str = "fp32") -> list[dict[str, Any]]:
     """Rows of `evaluate_example` for every example (LPIPS only when local weights exist)."""
     lpips_model = load_lpips_vgg()
     model.eval()
     rows = []
     for i, example in enumerate(tqdm(examples, total=total, desc="evaluate", unit="item", disable=not progress)):
         generator = torch.Generator(next(model.parameters()).device).manual_seed(seed + i)
-        rows.append(evaluate_example(model, example, lpips_model, generator).row)
+        rows.append(evaluate_example(model, example, lpips_model, generator, precision).row)
     return rows
 
 

@@ -81,6 +81,7 @@ class Backbone(nn.Module, ABC):
     groups `parameter_counts` reports: component → attribute names."""
 
     render_in_graph: ClassVar[bool] = False
+    densifier_in_bf16: ClassVar[bool] = False  # whether the densifier may join `bf16_modules` on the fast path
     COMPONENTS: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     config: Any  # a dataclass with `name`, `gd_feature_dim` (the densifier's input width) and `sh_degree`
@@ -101,6 +102,10 @@ class Backbone(nn.Module, ABC):
 
     def init_densifier(self, densifier: nn.Module) -> None:
         """Adjust the densifier's initialisation to this backbone (default: leave it)."""
+
+    def bf16_modules(self) -> list[nn.Module]:
+        """Stages that may run in bfloat16 on the CPU fast path (`runtime.inference("bf16", ...)`); default none."""
+        return []
 
     def finalize(self, result: DensifierResult, coarse: Coarse, batch: ViewBatch) -> Gaussians:
         """The leaves as Gaussians (default: the densifier's own activation)."""

@@ -141,6 +141,14 @@ class GDModel(nn.Module):
         out["total"] = sum(p.numel() for p in self.parameters())
         return out
 
+    def bf16_modules(self) -> list[nn.Module]:
+        """The stages the CPU fast path runs in bfloat16 (`runtime.inference("bf16", model.bf16_modules())`): the
+        backbone's, and the densifier where the backbone allows it; empty when no stage keeps its accuracy."""
+        modules = self.backbone.bf16_modules()
+        if self.densifier is not None and self.backbone.densifier_in_bf16:
+            modules = modules + [self.densifier]
+        return modules
+
     def decode_points(self, points: Float[Tensor, "N 3"], features: Float[Tensor, "N C"], camera: Cameras) -> Gaussians:
         """The scene densifier alone on one view's points and conditioned features, activated by MVSplat's adapter
         in that view's `camera` (the released scene decoder's `PointDecoder.forward`; MVSplat backbones only)."""
