@@ -30,7 +30,6 @@ forward + backward, the C++ projection beside its PyTorch twin) when that functi
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
