@@ -55,15 +55,11 @@ RENDER_TARGET_S = 0.5  # seconds per 512² fine render
 
 
 # ------------------------------------------------------------------------------------------------ memory
-def _rss_peak_mb() -> float | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        return None
-    return None
+def _rss_peak_mb() -> float:
+    """Peak resident set size of this process so far (MB): `rasterizer.py`'s reading."""
+    from rasterizer import _hwm_mb
+
+    return _hwm_mb()
 
 
 def _reset_rss_peak() -> bool:

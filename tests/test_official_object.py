@@ -105,17 +105,22 @@ def test_fine_gaussians(run):
     assert_close(fine.quats, t["out.fine.rotation"][:n], 1e-3, "fine quaternions")
 
 
+def assert_fine_set(fine, t: dict) -> None:
+    """The official fine set (5,256: densified first, then the kept coarse Gaussians with refined SH)."""
+    assert len(fine) == t["out.fine.centers"].shape[0] == 5256
+    assert_close(fine.means, t["out.fine.centers"], 1e-4, "fine means")
+    assert_close(fine.sh, t["out.fine.shs"], 1e-3, "fine SH")
+    assert_close(fine.opacity_logits, t["out.fine.opacity"][:, 0], 1e-3, "fine opacity logits")
+    assert_close(fine.log_scales, t["out.fine.scaling"], 1e-3, "fine log-scales")
+    assert_close(fine.quats, t["out.fine.rotation"], 1e-3, "fine quaternions")
+
+
 def test_merged_fine_set(run):
     """Fine Gaussians first, then the non-selected visible coarse Gaussians with refined SH (5,256 in all)."""
     t, refined = run["tensors"], run["refined"]
     owner = torch.zeros(len(refined.index), dtype=torch.long)
     merged, _ = merge_with_coarse(refined.gaussians, owner, run["selected"], run["densified"], num_objects=1)
-    assert len(merged) == t["out.fine.centers"].shape[0] == 5256
-    assert_close(merged.means, t["out.fine.centers"], 1e-4, "means")
-    assert_close(merged.sh, t["out.fine.shs"], 1e-3, "SH")
-    assert_close(merged.opacity_logits, t["out.fine.opacity"][:, 0], 1e-3, "opacity logits")
-    assert_close(merged.log_scales, t["out.fine.scaling"], 1e-3, "log-scales")
-    assert_close(merged.quats, t["out.fine.rotation"], 1e-3, "quaternions")
+    assert_fine_set(merged, t)
 
 
 def test_end_to_end_through_the_public_api(run, monkeypatch):
@@ -146,12 +151,7 @@ def test_end_to_end_through_the_public_api(run, monkeypatch):
     selection = captured["selection"]
     assert_close(selection.scores, t["out.select.scores"], 1e-6, "selection scores", rtol=1e-4)
     assert torch.equal(selection.index, t["out.select.selected_index"].sort().values)
-    assert len(fine) == t["out.fine.centers"].shape[0] == 5256
-    assert_close(fine.means, t["out.fine.centers"], 1e-4, "fine means")
-    assert_close(fine.sh, t["out.fine.shs"], 1e-3, "fine SH")
-    assert_close(fine.opacity_logits, t["out.fine.opacity"][:, 0], 1e-3, "fine opacity logits")
-    assert_close(fine.log_scales, t["out.fine.scaling"], 1e-3, "fine log-scales")
-    assert_close(fine.quats, t["out.fine.rotation"], 1e-3, "fine quaternions")
+    assert_fine_set(fine, t)
 
     def official(name: str) -> torch.Tensor:
         return t[name][0].reshape(size, 8, size, 3).permute(1, 0, 2, 3)
