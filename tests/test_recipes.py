@@ -1,0 +1,54 @@
+"""The training recipes follow the release where it differs silently from our earlier presets (issue 14): the
+tiny object densifier's grid, per-view random grey target backgrounds, loud warnings for `paper` presets without
+pretrained weights, pixelSplat's scene view sampler schedule, the `paper` warm-up, and the reported counts."""
+
+import torch
+
+from gdensify.densify import GenerativeDensifier
+from gdensify.densify import point_transformer
+from gdensify.models import GDConfig
+from gdensify.models.lara import LaRaConfig
+
+
+def _surface_cells(cell: float, radius: float = 0.3) -> torch.Tensor:
+    """Coarse-Gaussian-like points on a two-cell-thick spherical shell: centres of the cells near the surface, each moved by up to
+    ±0.25 of a cell per axis (LaRa's centre + (2σ − 1)·½cell offsets)."""
+    n = round(1.0 / cell)
+    axis = (torch.arange(n) + 0.5) * cell - 0.5
+    centres = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    on_surface = (centres.norm(dim=-1) - radius).abs() < cell
+    g = torch.Generator().manual_seed(0)
+    return centres[on_surface] + (torch.rand(int(on_surface.sum()), 3, generator=g) - 0.5) * 0.5 * cell
+
+
+def _first_cpe_neighbours(config: GDConfig, coords: torch.Tensor) -> float:
+    """Mean number of non-centre neighbours per occupied cell that the first block's 3×3×3 sparse conv sees."""
+    maps = []
+    build = point_transformer.build_voxel_map
+
+    def spy(*args, **kwargs):
+        maps.append(build(*args, **kwargs))
+        return maps[-1]
+
+    densifier = GenerativeDensifier(config.densifier).eval()
+    point_transformer.build_voxel_map = spy
+    try:
+        with torch.no_grad():
+            densifier(coords, torch.randn(len(coords), config.densifier.in_channels), torch.zeros(len(coords),
+                      dtype=torch.long), num_objects=1)
+    finally:
+        point_transformer.build_voxel_map = build
+    first = maps[0]
+    return (first.num_pairs - first.num_voxels) / first.num_voxels
+
+
+def test_tiny_object_densifier_grid_is_one_coarse_cell_so_the_first_cpe_sees_neighbours():
+    config = GDConfig.preset("object-tiny")
+    cell = config.backbone.cell_size
+    assert config.densifier.grid_size == cell == LaRaConfig.preset("tiny").cell_size
+    coords = _surface_cells(cell)
+    neighbours = _first_cpe_neighbours(config, coords)
+    assert 12 < neighbours <= 26, neighbours  # a shell of cells: its in-shell neighbours (13.2 here)
+    half = GDConfig.preset("object-tiny")
+    half.densifier.grid_size = cell / 2  # the earlier preset: one point per cell, no neighbours at ±1
+    assert _first_cpe_neighbours(half, coords) < 1.0
