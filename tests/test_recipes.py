@@ -52,3 +52,32 @@ def test_tiny_object_densifier_grid_is_one_coarse_cell_so_the_first_cpe_sees_nei
     half = GDConfig.preset("object-tiny")
     half.densifier.grid_size = cell / 2  # the earlier preset: one point per cell, no neighbours at ±1
     assert _first_cpe_neighbours(half, coords) < 1.0
+
+
+def test_object_training_targets_are_composited_on_greys_drawn_from_the_example_generator(tmp_path):
+    from gdensify.data.blender import load_blender_split
+    from gdensify.data.blender_objects import BlenderDataConfig, BlenderObjects, random_greys
+    from gdensify.data.view_samplers import TrainingViewSampler
+    from gdensify.synthetic.objects import generate_objects
+
+    generate_objects(tmp_path / "objects", 1, seed=5, resolution=24, n_train=12, n_test=2, supersample=1, progress=False)
+    config = BlenderDataConfig(root=str(tmp_path / "objects"), n_inputs=3, n_targets=6)
+    assert config.target_backgrounds == "random_grey"  # the release's default
+    dataset = BlenderObjects(config, 24).training_dataset()
+    seen = set()
+    for seed in range(6):
+        example = dataset[0, seed]
+        generator = torch.Generator().manual_seed(seed)  # the example's generator: views first, then greys
+        inputs, targets = TrainingViewSampler(3, 6)(dataset.cameras(0), generator)
+        expected = random_greys(6, generator)
+        torch.testing.assert_close(example.target_backgrounds, expected)
+        views = load_blender_split(dataset.objects[0], "train", resolution=24, indices=targets)
+        for image, background, mask in zip(example.target_images, expected, views.masks):
+            corner = image[mask[..., 0] == 0]  # pixels the object does not cover show the view's grey
+            torch.testing.assert_close(corner, background.expand_as(corner), atol=1e-6, rtol=0)
+        assert torch.all(example.input_background == 1) and torch.all(example.input_images[0, 0, 0] == 1)
+        seen.update(expected[:, 0].tolist())
+    assert seen == {0.0, 0.5, 1.0}
+    fixed = BlenderObjects(BlenderDataConfig(root=config.root, n_inputs=3, n_targets=6, target_backgrounds="fixed"),
+                           24).training_dataset()[0, 0]
+    assert torch.all(fixed.target_backgrounds == 1)
