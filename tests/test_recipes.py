@@ -81,3 +81,22 @@ def test_object_training_targets_are_composited_on_greys_drawn_from_the_example_
     fixed = BlenderObjects(BlenderDataConfig(root=config.root, n_inputs=3, n_targets=6, target_backgrounds="fixed"),
                            24).training_dataset()[0, 0]
     assert torch.all(fixed.target_backgrounds == 1)
+
+
+def test_paper_presets_without_pretrained_weights_warn_loudly_and_name_the_keys(tmp_path):
+    import pytest
+
+    from gdensify.training.experiment import experiment_preset, load_experiment
+    from gdensify.training.fit import fit
+
+    assert experiment_preset("paper").missing_pretrained_weights() == ["model.backbone.encoder_weights"]
+    assert experiment_preset("scene-paper").missing_pretrained_weights() == [
+        "model.backbone.feature_backbone_weights"]
+    assert experiment_preset("tiny").missing_pretrained_weights() == []  # tiny models train from scratch
+    assert experiment_preset("scene-tiny").missing_pretrained_weights() == []
+    given = load_experiment("paper", ["model.backbone.encoder_weights=dino.safetensors"])
+    assert given.missing_pretrained_weights() == []
+    paper = load_experiment("paper", [f"data.root={tmp_path / 'none'}", f"train.out_dir={tmp_path / 'run'}"])
+    with pytest.warns(UserWarning, match=r"RANDOM weights.*model\.backbone\.encoder_weights=FILE"):
+        with pytest.raises(FileNotFoundError, match="data.root"):  # the warning comes before anything is built
+            fit(paper, progress=False)

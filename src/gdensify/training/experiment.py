@@ -51,6 +51,14 @@ class Experiment:
     def validation_examples(self) -> list[ViewExample]:
         return self.data_source().validation_examples()
 
+    def missing_pretrained_weights(self) -> list[str]:
+        """Override keys (`model.backbone.*`) of the pretrained weights the published recipe starts from that
+        this experiment leaves unset (its backbone then starts from random weights), e.g.
+        `model.backbone.encoder_weights` (DINO ViT-B/16) for `paper`, `model.backbone.feature_backbone_weights`
+        (UniMatch) for `scene-paper`; [] for the `tiny` models, which train from scratch by design."""
+        unset = getattr(self.model.backbone, "unset_pretrained_weights", None)
+        return [f"model.backbone.{key}" for key in (unset() if unset is not None else [])]
+
 
 def experiment_preset(name: str) -> Experiment:
     """`tiny` / `scene-tiny`: the 2-CPU-core models and the recipes of the shipped checkpoints; `paper`: the

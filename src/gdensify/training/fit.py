@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -149,6 +150,16 @@ def _loggers(out_dir: Path) -> list:
     return loggers
 
 
+def warn_random_backbone(keys: list[str]) -> None:
+    """A loud warning: the published recipe fine-tunes pretrained weights that this run does not have."""
+    names = ", ".join(f"{k}=FILE" for k in keys)
+    warnings.warn(f"PRETRAINED WEIGHTS MISSING: this backbone starts from RANDOM weights, whereas the published "
+                  f"recipe fine-tunes pretrained ones; expect a large quality gap. Pass local weight files with "
+                  f"{names} (timm DINO ViT-B/16 keys for encoder_weights, UniMatch/GMFlow `backbone.*` + "
+                  f"`transformer.*` keys for feature_backbone_weights), or train.init_weights=MODEL.safetensors",
+                  UserWarning, stacklevel=3)
+
+
 def fit(experiment: Experiment, resume: bool = False, progress: bool = True,
         callbacks: Sequence[Callback] = ()) -> Path:
     """Train; returns the path of `model.safetensors`. Refuses to start over an existing run unless `resume`.
@@ -161,6 +172,9 @@ def fit(experiment: Experiment, resume: bool = False, progress: bool = True,
     if not resume and last.is_file() and os.environ.get("LOCAL_RANK", "0") == "0":
         raise FileExistsError(f"{out} already holds a run ({last}); pass --resume to continue it or choose another "
                               f"train.out_dir")
+    missing = [] if resume or cfg.init_weights else experiment.missing_pretrained_weights()
+    if missing:
+        warn_random_backbone(missing)
     out.mkdir(parents=True, exist_ok=True)
     if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
         with atomic_path(out / "config.yaml") as tmp:
