@@ -100,3 +100,12 @@ def test_paper_presets_without_pretrained_weights_warn_loudly_and_name_the_keys(
     with pytest.warns(UserWarning, match=r"RANDOM weights.*model\.backbone\.encoder_weights=FILE"):
         with pytest.raises(FileNotFoundError, match="data.root"):  # the warning comes before anything is built
             fit(paper, progress=False)
+
+
+def test_paper_warm_up_is_the_release_s_1000_steps():
+    from gdensify.training.config import TrainConfig
+    from gdensify.training.experiment import experiment_preset
+
+    assert experiment_preset("paper").train.warmup_steps == 1000
+    assert TrainConfig().warmup_steps == 1000  # the documented default is the released recipe
+    assert experiment_preset("tiny").train.warmup_steps == 100  # the shipped tiny recipe keeps its own
