@@ -109,3 +109,38 @@ def test_paper_warm_up_is_the_release_s_1000_steps():
     assert experiment_preset("paper").train.warmup_steps == 1000
     assert TrainConfig().warmup_steps == 1000  # the documented default is the released recipe
     assert experiment_preset("tiny").train.warmup_steps == 100  # the shipped tiny recipe keeps its own
+
+
+def test_scene_paper_context_gap_grows_from_25_to_45_over_the_warm_up_then_stays_45():
+    from gdensify.data.registry import build_dataset
+    from gdensify.training.experiment import experiment_preset
+
+    sampler = build_dataset(experiment_preset("scene-paper").data).view_sampler()
+    g = torch.Generator().manual_seed(0)
+    for step, gap in ((0, 25), (20_000, 29), (50_000, 35), (100_000, 45), (299_999, 45)):
+        for _ in range(5):
+            context, _ = sampler.sample(300, g, step=step)
+            assert int(context[1] - context[0]) == gap, (step, context)
+
+
+def test_the_training_step_reaches_the_scene_view_sampler_through_the_example_seed(tmp_path):
+    import pickle
+
+    from gdensify.data.re10k_scenes import RE10KDataConfig
+    from gdensify.data.registry import build_dataset
+    from gdensify.data.source import ExampleSeed, step_of
+    from gdensify.synthetic.scenes import generate_scenes
+    from gdensify.training.sampling import StepSampler
+
+    generate_scenes(tmp_path, 2, seed=3, test_fraction=0.5, progress=False, width=32, height=24, frames_min=14,
+                    frames_max=14, eval_context_gap=8, scenes_per_chunk=2)
+    config = RE10KDataConfig(root=str(tmp_path), image_size=16, n_targets=1, min_gap=8, max_gap=12,
+                             gap_warm_up_steps=6, initial_min_gap=2, initial_max_gap=4, pixelsplat_gap_bug=True)
+    dataset = build_dataset(config).training_dataset()
+    keys = list(StepSampler(len(dataset), 2, 9, seed=1))
+    assert [step_of(seed) for _, seed in keys] == [s for s in range(9) for _ in range(2)]
+    gaps = [int(dataset[key].input_indices.diff()) for key in keys]
+    assert gaps == [min(2 + s, 8) for s in range(9) for _ in range(2)]  # 2 → 8 over 6 steps, then 8
+    seed = ExampleSeed(1234, step=7)
+    again = pickle.loads(pickle.dumps(seed))  # DataLoader workers receive the keys pickled
+    assert again == 1234 and step_of(again) == 7 and step_of(1234) == 0
