@@ -144,3 +144,34 @@ def test_the_training_step_reaches_the_scene_view_sampler_through_the_example_se
     seed = ExampleSeed(1234, step=7)
     again = pickle.loads(pickle.dumps(seed))  # DataLoader workers receive the keys pickled
     assert again == 1234 and step_of(again) == 7 and step_of(1234) == 0
+
+
+def test_reports_show_coarse_all_visible_selected_and_fine_counts(tmp_path):
+    from gdensify.builtin_scene import orbit_cameras
+    from gdensify.data.batch import ViewExample
+    from gdensify.evaluation.evaluate import evaluate_example, format_table, summarize, write_report
+    from gdensify.models import GDModel
+
+    torch.manual_seed(0)
+    config = GDConfig.preset("object-tiny")
+    config.selection.k = 100
+    model = GDModel(config).eval()
+    cams = orbit_cameras(6, 32, 32)
+    g = torch.Generator().manual_seed(0)
+    example = ViewExample(torch.rand(4, 32, 32, 3, generator=g), cams[:4], torch.rand(2, 32, 32, 3, generator=g),
+                          cams[4:], torch.ones(2, 3), "obj")
+    row = evaluate_example(model, example, generator=torch.Generator().manual_seed(0)).row
+    assert row["n_coarse"] == 32**3 and row["n_selected"] == 100
+    assert 100 <= row["n_visible"] <= row["n_coarse"]  # untrained: every Gaussian is visible (op ≈ 0.1)
+    assert row["n_fine"] == row["n_visible"] - 100 + config.densifier.fine_count(100)
+    table = format_table([row], summarize([row]))
+    assert "Gaussians coarse (all) / coarse (visible) / selected / fine" in table
+    assert f"{row['n_coarse']:,} / {row['n_visible']:,} / 100 / {row['n_fine']:,}" in table
+    write_report([row], summarize([row]), tmp_path, "per_object.csv")
+    header = (tmp_path / "per_object.csv").read_text().splitlines()[0].split(",")
+    assert [c for c in header if c.startswith("n_") and c != "n_targets"] == ["n_coarse", "n_visible", "n_selected",
+                                                                            "n_fine"]
+    config.densify = False  # the coarse-only baseline has no visible / selected sets: shown as unavailable
+    row = evaluate_example(GDModel(config).eval(), example).row
+    assert row["n_visible"] is row["n_selected"] is row["n_fine"] is None
+    assert f"{32**3:,} / — / — / —" in format_table([row], summarize([row]))

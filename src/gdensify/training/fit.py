@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 
 from ..config import dump_yaml, to_dict
 from ..data.batch import ViewBatch, ViewExample
-from ..evaluation.evaluate import evaluate_example
+from ..evaluation.evaluate import COUNTS, COUNTS_HEADER, evaluate_example, format_counts
 from ..io import atomic_path, save_checkpoint
 from ..models.loading import MODEL_KIND, initialise_from
 from .experiment import Experiment
@@ -90,10 +90,17 @@ class PeriodicValidation(Callback):
             values = [r[f"psnr_{which}"] for r in rows if r[f"psnr_{which}"] is not None]
             if values:
                 metrics[f"val/psnr_{which}"] = sum(values) / len(values)
+        counts = {}
+        for key in COUNTS:
+            values = [r[key] for r in rows if r[key] is not None]
+            if len(values) == len(rows):
+                counts[key] = sum(values) / len(values)
         if trainer.is_global_zero and metrics:
             for logger in trainer.loggers:  # direct: `module.log` would repeat the value at every later log step
-                logger.log_metrics(metrics, step=trainer.global_step)
-            module.print(f"step {trainer.global_step}: " + ", ".join(f"{k} {v:.2f} dB" for k, v in metrics.items()))
+                logger.log_metrics({**metrics, **{f"val/{k}": v for k, v in counts.items()}},
+                                   step=trainer.global_step)
+            module.print(f"step {trainer.global_step}: " + ", ".join(f"{k} {v:.2f} dB" for k, v in metrics.items())
+                         + f"; {COUNTS_HEADER}: {format_counts(counts)}")
 
 
 class ReplicaConsistency(Callback):
