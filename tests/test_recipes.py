@@ -11,8 +11,8 @@ from gdensify.models.lara import LaRaConfig
 
 
 def _surface_cells(cell: float, radius: float = 0.3) -> torch.Tensor:
-    """Coarse-Gaussian-like points on a two-cell-thick spherical shell: centres of the cells near the surface, each moved by up to
-    ±0.25 of a cell per axis (LaRa's centre + (2σ − 1)·½cell offsets)."""
+    """Coarse-Gaussian-like points on a two-cell-thick spherical shell: centres of the cells near the surface,
+    each moved by up to ±0.25 of a cell per axis (LaRa's centre + (2σ − 1)·½cell offsets)."""
     n = round(1.0 / cell)
     axis = (torch.arange(n) + 0.5) * cell - 0.5
     centres = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
@@ -60,7 +60,8 @@ def test_object_training_targets_are_composited_on_greys_drawn_from_the_example_
     from gdensify.data.view_samplers import TrainingViewSampler
     from gdensify.synthetic.objects import generate_objects
 
-    generate_objects(tmp_path / "objects", 1, seed=5, resolution=24, n_train=12, n_test=2, supersample=1, progress=False)
+    generate_objects(tmp_path / "objects", 1, seed=5, resolution=24, n_train=12, n_test=2, supersample=1,
+                     progress=False)
     config = BlenderDataConfig(root=str(tmp_path / "objects"), n_inputs=3, n_targets=6)
     assert config.target_backgrounds == "random_grey"  # the release's default
     dataset = BlenderObjects(config, 24).training_dataset()
