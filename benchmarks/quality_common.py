@@ -36,13 +36,17 @@ def time_forward(model, batch, runs: int) -> dict:
         with torch.no_grad():
             out = model(batch)
         times.append(time.perf_counter() - start)
+    from gdensify.evaluation.evaluate import gaussian_counts
+
     return {"params": sum(p.numel() for p in model.parameters()), "seconds": statistics.median(times),
-            "runs": runs, "peak_mb": hwm_mb() - before, "n_coarse": len(out.coarse[0]), "n_fine": len(out.fine[0])}
+            "runs": runs, "peak_mb": hwm_mb() - before, **gaussian_counts(out)}
 
 
 def cost_table(script: str, presets: Iterable[str], runs: dict[str, int], threads: int) -> str:
     """Runs `script --cost-worker PRESET --runs N` per preset and tabulates its JSON line."""
-    rows = ["| preset | parameters | input | coarse → fine Gaussians | forward (s) | peak memory (MB) |",
+    from gdensify.evaluation.evaluate import COUNTS_HEADER, format_counts
+
+    rows = [f"| preset | parameters | input | {COUNTS_HEADER} | forward (s) | peak memory (MB) |",
             "|---|---|---|---|---|---|"]
     for preset in presets:
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
@@ -53,7 +57,7 @@ def cost_table(script: str, presets: Iterable[str], runs: dict[str, int], thread
             rows.append(f"| {preset} | failed: {last} | | | | |")
             continue
         r = json.loads(done.stdout.strip().splitlines()[-1])
-        rows.append(f"| {preset} | {r['params']:,} | {r['input']} | {r['n_coarse']:,} → {r['n_fine']:,} | "
+        rows.append(f"| {preset} | {r['params']:,} | {r['input']} | {format_counts(r)} | "
                     f"{r['seconds']:.2f} (median of {r['runs']}) | {r['peak_mb']:.0f} |")
     return "\n".join(rows)
 
@@ -83,21 +87,20 @@ def quality_table(evaluate_checkpoint: Callable[[str, str | None], dict], gd: st
     def f(v, d=2):
         return "—" if v is None else f"{v:.{d}f}"
 
-    def n(v):
-        return "—" if v is None else f"{v:,.0f}"
+    from gdensify.evaluation.evaluate import COUNTS_HEADER, format_counts
 
     lines = [f"Held-out {label}: {gradient[f'n_{label}']}; LPIPS: {gradient['lpips_status']}", "",
-             "| model / render | PSNR | SSIM | Gaussians per item |", "|---|---|---|---|",
+             f"| model / render | PSNR | SSIM | {COUNTS_HEADER} (mean per item) |", "|---|---|---|---|",
              f"| GD, fine (gradient selection) | {f(gradient['psnr_fine'])} | {f(gradient['ssim_fine'], 4)} | "
-             f"{n(gradient['n_fine'])} |",
+             f"{format_counts(gradient)} |",
              f"| GD, fine (random selection) | {f(random['psnr_fine'])} | {f(random['ssim_fine'], 4)} | "
-             f"{n(random['n_fine'])} |",
+             f"{format_counts(random)} |",
              f"| GD, coarse render (same forward) | {f(gradient['psnr_coarse'])} | {f(gradient['ssim_coarse'], 4)} | "
-             f"{n(gradient['n_coarse'])} |"]
+             f"{format_counts(gradient)} |"]
     if base:
         lines.append(f"| coarse-only model, same budget | {f(base['psnr_coarse'])} | {f(base['ssim_coarse'], 4)} | "
-                     f"{n(base['n_coarse'])} |")
-    lines.append(f"| background colour only | {f(gradient['psnr_background'])} | — | 0 |")
+                     f"{format_counts(base)} |")
+    lines.append(f"| background colour only | {f(gradient['psnr_background'])} | — | — |")
     lines += ["", f"GD fine − GD coarse: {gradient['psnr_fine'] - gradient['psnr_coarse']:+.2f} dB "
               f"(target ≥ +{target}); gradient − random selection: "
               f"{gradient['psnr_fine'] - random['psnr_fine']:+.2f} dB (target ≥ 0)"]

@@ -28,6 +28,7 @@ def test_object_demo_reconstructs_a_shipped_object(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo"), "--data", str(one), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "PSNR fine" in out and "demo finished" in out
+    assert "Gaussians coarse (all) / coarse (visible) / selected / fine" in out
     folder = tmp_path / "demo" / first.name
     metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     assert metrics["n_objects"] == 1 and metrics["psnr_fine"] > metrics["psnr_background"]

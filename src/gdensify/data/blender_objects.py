@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 import torch
+from jaxtyping import Float
+from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..cameras import Cameras, nearest_by_direction
@@ -33,7 +35,16 @@ from .source import DataSource
 from .view_samplers import TrainingViewSampler, select_input_views
 
 __all__ = ["BlenderDataConfig", "BlenderObjects", "ObjectTrainingDataset", "ObjectEvaluationDataset",
-           "EvaluationViews", "evaluation_views"]
+           "EvaluationViews", "evaluation_views", "random_greys"]
+
+TARGET_BACKGROUNDS = ("random_grey", "fixed")
+GREYS = (0.0, 0.5, 1.0)  # the released recipe's training target backgrounds
+
+
+def random_greys(count: int, generator: torch.Generator) -> Float[Tensor, "V 3"]:
+    """`count` backgrounds, each a grey drawn uniformly from `GREYS` with `generator`."""
+    pick = torch.randint(len(GREYS), (count,), generator=generator)
+    return torch.tensor(GREYS)[pick, None].expand(count, 3).clone()
 
 
 @dataclass
@@ -50,12 +61,19 @@ class BlenderDataConfig:
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     image_size: int | None = None
     target_split: str = "test"  # evaluation targets; "train" departs from the protocol (the inputs are scored too)
+    # Training targets' backgrounds. "random_grey" (the released GD recipe): every target view of an example on
+    # its own grey drawn from {0, 0.5, 1} by the example's generator, which pins the rendered alpha down and
+    # penalises floaters; "fixed": every view on `background`. Inputs and evaluation always use `background`.
+    target_backgrounds: Literal["random_grey", "fixed"] = "random_grey"
 
     def __post_init__(self) -> None:
         if self.n_inputs < 1 or self.n_targets < 1 or self.val_limit < 1:
             raise ValueError("data.n_inputs, data.n_targets and data.val_limit must be >= 1")
         if any(not 0 <= c <= 1 for c in self.background):
             raise ValueError(f"data.background must be RGB in [0, 1], got {self.background}")
+        if self.target_backgrounds not in TARGET_BACKGROUNDS:
+            raise ValueError(f"data.target_backgrounds must be one of {TARGET_BACKGROUNDS}, got "
+                             f"{self.target_backgrounds!r}")
         if self.image_size is not None and self.image_size < 8:
             raise ValueError(f"data.image_size must be >= 8 or null, got {self.image_size}")
 
@@ -102,16 +120,22 @@ class ObjectTrainingDataset(Dataset):
     """Random training examples from the `split` views of every object under `root`.
 
     Inputs and targets are drawn by `TrainingViewSampler` (inputs spread around the object, targets at random) and
-    resized to `resolution`²; images are composited on `background`."""
+    resized to `resolution`²; inputs are composited on `background`, targets on `background` too or, with
+    `target_backgrounds="random_grey"`, each on a grey from {0, 0.5, 1} drawn after the views from the same
+    example generator."""
 
     def __init__(self, root: str | os.PathLike | Sequence[str | os.PathLike], resolution: int, n_inputs: int = 4,
                  n_targets: int = 4, split: str = "train", background: Sequence[float] = (1.0, 1.0, 1.0),
-                 target_distance: float = OBJECT_CAMERA_DISTANCE) -> None:
+                 target_distance: float = OBJECT_CAMERA_DISTANCE,
+                 target_backgrounds: Literal["random_grey", "fixed"] = "random_grey") -> None:
+        if target_backgrounds not in TARGET_BACKGROUNDS:
+            raise ValueError(f"target_backgrounds must be one of {TARGET_BACKGROUNDS}, got {target_backgrounds!r}")
         roots = [root] if isinstance(root, (str, os.PathLike)) else list(root)
         self.objects = [p for r in roots for p in find_blender_objects(r)]
         self.sampler = TrainingViewSampler(n_inputs, n_targets)
         self.resolution, self.split, self.target_distance = resolution, split, target_distance
         self.background = tuple(float(x) for x in background)
+        self.target_backgrounds = target_backgrounds
         self._cameras: dict[int, Cameras] = {}
 
     def __len__(self) -> int:
@@ -126,15 +150,21 @@ class ObjectTrainingDataset(Dataset):
         index, seed = key
         root = self.objects[index]
         cameras = self.cameras(index)
-        inputs, targets = self.sampler(cameras, torch.Generator().manual_seed(int(seed)))
+        generator = torch.Generator().manual_seed(int(seed))
+        inputs, targets = self.sampler(cameras, generator)
         norm = SceneNormalization.from_cameras(cameras[inputs], self.target_distance)
         views = load_blender_split(root, self.split, background=self.background, resolution=self.resolution,
                                    normalization=norm, indices=inputs + targets)
         n = len(inputs)
         bg = torch.tensor(self.background)
-        return ViewExample(views.images[:n], views.cameras[:n], views.images[n:], views.cameras[n:],
-                           bg.expand(len(targets), 3).clone(), root.name, bg.clone(),
-                           torch.tensor(inputs), torch.tensor(targets), norm.invert_gaussians)
+        target_views = views.select(range(n, len(views)))
+        if self.target_backgrounds == "random_grey":
+            target_bg = random_greys(len(targets), generator)
+            target_images = target_views.on_background(target_bg)
+        else:
+            target_bg, target_images = bg.expand(len(targets), 3).clone(), target_views.images
+        return ViewExample(views.images[:n], views.cameras[:n], target_images, target_views.cameras, target_bg,
+                           root.name, bg.clone(), torch.tensor(inputs), torch.tensor(targets), norm.invert_gaussians)
 
 
 class ObjectEvaluationDataset(Dataset):
@@ -191,7 +221,7 @@ class BlenderObjects(DataSource):
         """Items `(object_index, example_seed)`; `seed` is unused (every draw comes from `example_seed`)."""
         c = self.config
         return ObjectTrainingDataset(self.existing(c.root, "data.root"), self.image_size, c.n_inputs, c.n_targets,
-                                     background=c.background)
+                                     background=c.background, target_backgrounds=c.target_backgrounds)
 
     def evaluation_dataset(self, root: str | os.PathLike | None = None) -> ObjectEvaluationDataset:
         c = self.config

@@ -19,7 +19,7 @@ from ..cameras import nearest_by_position
 from .batch import ViewExample
 from .re10k import ChunkStore, RawScene, RE10KFormatError, ViewOptions, load_views
 from .shims import IntrinsicsMode
-from .source import DataSource
+from .source import DataSource, step_of
 from .view_samplers import BoundedViewSampler, EvaluationEntry, load_evaluation_index
 
 __all__ = ["RE10KDataConfig", "RE10KScenes", "RE10KDataset"]
@@ -37,6 +37,14 @@ class RE10KDataConfig:
     n_targets: int = 4
     min_gap: int = 10  # frames between the two context views
     max_gap: int = 30
+    # Context-gap warm-up (MVSplat/pixelSplat's view sampler): over the first `gap_warm_up_steps` training steps the
+    # gap bounds grow linearly from (initial_min_gap, initial_max_gap) (None: min_gap, max_gap) to
+    # (min_gap, max_gap). `pixelsplat_gap_bug` keeps the bug MVSplat and GD keep on purpose: the gap always equals
+    # the scheduled minimum (25 → 45 frames over the warm-up, then 45, with the released RE10K settings).
+    gap_warm_up_steps: int = 0
+    initial_min_gap: int | None = None
+    initial_max_gap: int | None = None
+    pixelsplat_gap_bug: bool = False
     near: float = 1.0
     far: float = 100.0
     validate: bool = True  # validate on the first `val_limit` entries of ROOT's evaluation index
@@ -48,6 +56,11 @@ class RE10KDataConfig:
             raise ValueError("data.image_size must be >= 8, data.n_targets and data.val_limit >= 1")
         if not 1 <= self.min_gap <= self.max_gap:
             raise ValueError(f"need 1 <= data.min_gap <= data.max_gap, got {self.min_gap}, {self.max_gap}")
+        if self.gap_warm_up_steps < 0:
+            raise ValueError(f"data.gap_warm_up_steps must be >= 0, got {self.gap_warm_up_steps}")
+        initial = (self.initial_min_gap or self.min_gap, self.initial_max_gap or self.max_gap)
+        if not 1 <= initial[0] <= initial[1]:
+            raise ValueError(f"need 1 <= data.initial_min_gap <= data.initial_max_gap, got {initial}")
         if not 0 < self.near < self.far:
             raise ValueError(f"need 0 < data.near < data.far, got {self.near}, {self.far}")
 
@@ -144,7 +157,8 @@ class RE10KDataset(Dataset):
 
     def __getitem__(self, item: int | tuple[int, int]) -> ViewExample:
         """`item`, or in training `(item, example_seed)` (as `gdensify.training.sampling.StepSampler` yields):
-        the views are then drawn from a generator seeded by (example_seed, item) (`seed` for a plain `item`)."""
+        the views are then drawn from a generator seeded by (example_seed, item) (`seed` for a plain `item`), at
+        the training step the example seed carries (`source.step_of`; the view sampler's gap schedule)."""
         item, example_seed = item if isinstance(item, tuple) else (item, self.seed)
         if not 0 <= item < len(self.items):
             raise IndexError(item)
@@ -157,7 +171,7 @@ class RE10KDataset(Dataset):
             scene = self.store.scene(key)
             g = torch.Generator().manual_seed(_mix_seed(example_seed, attempt, item))
             try:
-                context, target = self.view_sampler.sample(len(scene), g)
+                context, target = self.view_sampler.sample(len(scene), g, step=step_of(example_seed))
             except ValueError:
                 continue
             flip = self.flip_augment and bool(torch.rand((), generator=g) < 0.5)
@@ -184,10 +198,17 @@ class RE10KScenes(DataSource):
         c = self.config
         return {"image_shape": (self.image_size, self.image_size), "near": c.near, "far": c.far}
 
+    def view_sampler(self) -> BoundedViewSampler:
+        """The training view sampler the config describes (gap bounds, warm-up, pixelSplat's gap rule)."""
+        c = self.config
+        return BoundedViewSampler(num_target_views=c.n_targets, min_gap=c.min_gap, max_gap=c.max_gap,
+                                  warm_up_steps=c.gap_warm_up_steps, initial_min_gap=c.initial_min_gap or c.min_gap,
+                                  initial_max_gap=c.initial_max_gap or c.max_gap,
+                                  pixelsplat_gap_bug=c.pixelsplat_gap_bug)
+
     def training_dataset(self, seed: int = 0) -> RE10KDataset:
         c = self.config
-        sampler = BoundedViewSampler(num_target_views=c.n_targets, min_gap=c.min_gap, max_gap=c.max_gap,
-                                     initial_min_gap=c.min_gap, initial_max_gap=c.max_gap)
+        sampler = self.view_sampler()
         return RE10KDataset(self.existing(c.root, "data.root"), "train", view_sampler=sampler, seed=seed,
                             **self._options())
 

@@ -5,7 +5,8 @@ An entry is built from its typed config (a dataclass with a `name: Literal[...]`
 `DataConfig` union) and the model's input size, and hands out `ViewExample`s:
   * `detect(folder)`: whether a folder is in this layout (the CLI's `--data` detection);
   * `training_dataset(seed)`: a map-style dataset keyed by `(item, example_seed)` pairs
-    (`gdensify.training.sampling.StepSampler`);
+    (`gdensify.training.sampling.StepSampler`; `example_seed` is an `ExampleSeed`, an int carrying the training
+    step its example is drawn for);
   * `evaluation_dataset(root)`: the dataset's evaluation protocol on `root` (default `config.root`), map-style;
     `evaluation_examples(limit)` iterates it;
   * `validation_examples()`: the first `config.val_limit` evaluation examples of `validation_root()`.
@@ -23,7 +24,30 @@ from torch.utils.data import Dataset
 from ..cameras import Cameras
 from .batch import ViewExample
 
-__all__ = ["DataSource"]
+__all__ = ["DataSource", "ExampleSeed", "step_of"]
+
+
+class ExampleSeed(int):
+    """An example's seed (an int, so `torch.Generator().manual_seed(seed)` works as before) with the optimizer
+    step the example is drawn for as `.step`."""
+
+    step: int
+
+    def __new__(cls, value: int, step: int = 0) -> "ExampleSeed":
+        seed = super().__new__(cls, value)
+        seed.step = int(step)
+        return seed
+
+    def __getnewargs__(self) -> tuple[int, int]:  # pickles (DataLoader workers) with its step
+        return int(self), self.step
+
+    def __repr__(self) -> str:
+        return f"ExampleSeed({int(self)}, step={self.step})"
+
+
+def step_of(example_seed: int) -> int:
+    """The training step an example seed was drawn for (0 for a plain int)."""
+    return getattr(example_seed, "step", 0)
 
 
 class DataSource(ABC):

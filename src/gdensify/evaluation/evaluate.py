@@ -4,6 +4,11 @@ Every item's metric is the mean over its target views; the summary is the mean o
 for scenes, the same for objects). Fine and coarse are reported separately, never max(fine, coarse). LPIPS is
 reported only when local VGG weights exist (`lpips_status()`); otherwise it is `null` with the reason.
 A coarse-only model (no densifier) has `null` fine metrics.
+
+Gaussian counts per item (`COUNTS`): every coarse Gaussian (`n_coarse`), the coarse candidates the fine set keeps
+(`n_visible`: LaRa's opacity > 0.005 set; all of them for pixel-aligned scenes), the selected ones (`n_selected`)
+and the fine set (`n_fine` = leaves + non-selected visible). "coarse → fine" alone compares all coarse Gaussians
+with a set built from the visible ones only, as in the release; the visible count is the fair reference.
 """
 
 from __future__ import annotations
@@ -29,6 +34,26 @@ from ..models.output import Reconstruction
 from .metrics import UNAVAILABLE, LPIPSVGG, image_metrics, load_lpips_vgg, lpips_status, psnr
 
 METRICS = ("psnr", "ssim", "lpips")
+COUNTS = ("n_coarse", "n_visible", "n_selected", "n_fine")
+
+
+def gaussian_counts(out: Reconstruction) -> dict[str, int | None]:
+    """`COUNTS` of the first item of `out`: coarse (all) and fine from the sets, visible and selected from the
+    model's diagnostics (None for a coarse-only model, which has no such sets)."""
+    counts: dict[str, int | None] = {"n_coarse": len(out.coarse[0])}
+    for key in ("n_visible", "n_selected"):
+        value = out.diagnostics.get(key) if out.diagnostics else None
+        counts[key] = None if value is None else int(round(float(value)))
+    counts["n_fine"] = None if out.fine is None else len(out.fine[0])
+    return counts
+
+
+def format_counts(row: dict[str, Any]) -> str:
+    """"coarse (all) / coarse (visible) / selected / fine" with thousands separators, "—" where unavailable."""
+    return " / ".join("—" if row.get(k) is None else f"{int(round(row[k])):,}" for k in COUNTS)
+
+
+COUNTS_HEADER = "Gaussians coarse (all) / coarse (visible) / selected / fine"
 
 
 @dataclass
@@ -48,8 +73,7 @@ def evaluate_example(model: nn.Module, example: ViewExample, lpips_model: LPIPSV
     with runtime.inference(precision, model.bf16_modules() if precision == "bf16" else None, device.type):
         out = model(batch, generator=generator)
     seconds = time.perf_counter() - start
-    row: dict[str, Any] = {"name": example.name, "n_targets": len(example.target_cameras),
-                           "n_coarse": len(out.coarse[0]), "n_fine": None if out.fine is None else len(out.fine[0]),
+    row: dict[str, Any] = {"name": example.name, "n_targets": len(example.target_cameras), **gaussian_counts(out),
                            "seconds": round(seconds, 3)}
     truth = batch.target_images[0].float()
     background = batch.target_backgrounds[0][:, None, None, :].expand_as(truth)
@@ -118,14 +142,12 @@ def format_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     def f(v: Any, digits: int = 2) -> str:
         return "—" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else f"{v:,}")
     lines = ["| item | PSNR fine | PSNR coarse | SSIM fine | SSIM coarse | LPIPS fine | LPIPS coarse | PSNR bg-only "
-             "| Gaussians coarse → fine |",
+             f"| {COUNTS_HEADER} |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows + [dict(summary, name="**mean**")]:
-        n_coarse = None if r.get("n_coarse") is None else int(round(r["n_coarse"]))
-        n_fine = None if r.get("n_fine") is None else int(round(r["n_fine"]))
         lines.append(f"| {r['name']} | {f(r['psnr_fine'])} | {f(r['psnr_coarse'])} | {f(r['ssim_fine'], 4)} | "
                      f"{f(r['ssim_coarse'], 4)} | {f(r.get('lpips_fine'), 4)} | {f(r.get('lpips_coarse'), 4)} | "
-                     f"{f(r['psnr_background'])} | {f(n_coarse)} → {f(n_fine)} |")
+                     f"{f(r['psnr_background'])} | {format_counts(r)} |")
     status = str(summary.get("lpips_status", ""))
     if status.startswith(UNAVAILABLE):
         lines.append(f"LPIPS-VGG {status} — `gdensify download lpips` builds the weights into the user cache")

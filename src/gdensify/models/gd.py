@@ -83,9 +83,13 @@ class GDConfig:
 
 
 def _object_tiny() -> GDConfig:
+    # The densifier's layer-0 serialization / sparse-conv grid is one coarse cell, the release's rule (its
+    # `grid_size = 0.5·voxel_size` with voxel_size = 2 coarse cells), as in `object-paper` (1/64): the CPE's 3×3×3
+    # kernel then sees the neighbouring coarse Gaussians and UP offsets (±offset_scale·grid) reach half a cell.
+    # Checkpoints trained before this fix stored half a cell in their config and keep it.
     backbone = LaRaConfig.preset("tiny")
     densifier = DensifierConfig.preset("tiny", in_channels=backbone.feature_dim, channels=(64, 64),
-                                       grid_size=backbone.cell_size / 2,
+                                       grid_size=backbone.cell_size,
                                        log_scale_shift=backbone.fine_log_scale_shift)
     return GDConfig(backbone, densifier, SelectionConfig.preset("released_object", k=2000))
 

@@ -127,6 +127,14 @@ class LaRaConfig(Presets):
         if self.image_size % self.encoder.patch_size:
             raise ValueError(f"image_size {self.image_size} not a multiple of patch {self.encoder.patch_size}")
 
+    def unset_pretrained_weights(self) -> list[str]:
+        """Config keys of the pretrained weights the published recipe starts from and that are unset here:
+        `encoder_weights` (timm DINO ViT-B/16) when the encoder has DINO ViT-B/16's shape; [] otherwise."""
+        dino, e = ViTConfig(), self.encoder
+        shape = (e.patch_size, e.embed_dim, e.depth, e.num_heads) == (dino.patch_size, dino.embed_dim, dino.depth,
+                                                                     dino.num_heads)
+        return ["encoder_weights"] if shape and not self.encoder_weights else []
+
     # ------------------------------------------------------------------ derived quantities (GD paper, Appendix A)
     @property
     def gaussian_grid_size(self) -> int:

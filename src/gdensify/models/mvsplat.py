@@ -214,6 +214,16 @@ class MVSplatConfig(Presets):
                      depth_unet_attn_levels=(8,), unet_head_channels=16, sh_degree=2),
     }
 
+    def unset_pretrained_weights(self) -> list[str]:
+        """Config keys of the pretrained weights the published recipe starts from and that are unset here:
+        `feature_backbone_weights` (UniMatch / GMFlow `cnn` + `transformer`) when the feature backbone has the
+        published shape; [] otherwise (e.g. `tiny`, trained from scratch)."""
+        published = MVSplatConfig()
+        shape = ("cnn_channels", "d_feature", "transformer_layers", "transformer_heads", "ffn_expansion")
+        if all(getattr(self, k) == getattr(published, k) for k in shape) and not self.feature_backbone_weights:
+            return ["feature_backbone_weights"]
+        return []
+
     # ------------------------------------------------------------------ derived sizes
     @property
     def gd_feature_dim(self) -> int:

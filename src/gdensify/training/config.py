@@ -14,7 +14,7 @@ class TrainConfig:
     batch_size: int = 2
     lr: float = 4e-4
     final_lr: float = 1e-4
-    warmup_steps: int = 100
+    warmup_steps: int = 1000  # linear warm-up to `lr` (the release: 1,000 steps)
     after_warmup: Literal["constant", "cosine"] = "constant"
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.95)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,7 +33,7 @@ from torch.utils.data import DataLoader
 
 from ..config import to_dict
 from ..data.batch import ViewBatch, ViewExample
-from ..evaluation.evaluate import evaluate_example
+from ..evaluation.evaluate import COUNTS, COUNTS_HEADER, evaluate_example, format_counts
 from ..io import atomic_path, save_checkpoint
 from ..io.staging import remove_stale
 from ..models.loading import MODEL_KIND, initialise_from
@@ -92,10 +93,17 @@ class PeriodicValidation(Callback):
             values = [r[f"psnr_{which}"] for r in rows if r[f"psnr_{which}"] is not None]
             if values:
                 metrics[f"val/psnr_{which}"] = sum(values) / len(values)
+        counts = {}
+        for key in COUNTS:
+            values = [r[key] for r in rows if r[key] is not None]
+            if len(values) == len(rows):
+                counts[key] = sum(values) / len(values)
         if trainer.is_global_zero and metrics:
             for logger in trainer.loggers:  # direct: `module.log` would repeat the value at every later log step
-                logger.log_metrics(metrics, step=trainer.global_step)
-            module.print(f"step {trainer.global_step}: " + ", ".join(f"{k} {v:.2f} dB" for k, v in metrics.items()))
+                logger.log_metrics({**metrics, **{f"val/{k}": v for k, v in counts.items()}},
+                                   step=trainer.global_step)
+            module.print(f"step {trainer.global_step}: " + ", ".join(f"{k} {v:.2f} dB" for k, v in metrics.items())
+                         + f"; {COUNTS_HEADER}: {format_counts(counts)}")
 
 
 class ReplicaConsistency(Callback):
@@ -185,6 +193,16 @@ def _loggers(out_dir: Path) -> list:
     return loggers
 
 
+def warn_random_backbone(keys: list[str]) -> None:
+    """A loud warning: the published recipe fine-tunes pretrained weights that this run does not have."""
+    names = ", ".join(f"{k}=FILE" for k in keys)
+    warnings.warn(f"PRETRAINED WEIGHTS MISSING: this backbone starts from RANDOM weights, whereas the published "
+                  f"recipe fine-tunes pretrained ones; expect a large quality gap. Pass local weight files with "
+                  f"{names} (timm DINO ViT-B/16 keys for encoder_weights, UniMatch/GMFlow `backbone.*` + "
+                  f"`transformer.*` keys for feature_backbone_weights), or train.init_weights=MODEL.safetensors",
+                  UserWarning, stacklevel=3)
+
+
 def fit(experiment: Experiment, resume: bool = False, progress: bool = True,
         callbacks: Sequence[Callback] = ()) -> Path:
     """Train; returns the path of `model.safetensors`. Refuses to start over an existing run unless `resume`.
@@ -199,6 +217,9 @@ def fit(experiment: Experiment, resume: bool = False, progress: bool = True,
     if not resume and last.is_file() and os.environ.get("LOCAL_RANK", "0") == "0":
         raise FileExistsError(f"{out} already holds a run ({last}); pass --resume to continue it or choose another "
                               f"train.out_dir")
+    missing = [] if resume or cfg.init_weights else experiment.missing_pretrained_weights()
+    if missing:
+        warn_random_backbone(missing)
     out.mkdir(parents=True, exist_ok=True)
     if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
         for folder, name in ((out / "checkpoints", "last.ckpt"), (out, "model.safetensors")):

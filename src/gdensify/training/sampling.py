@@ -5,6 +5,10 @@
 pass p = i // num_items, which visits every item once in a random order (a permutation per (seed, pass, rank)).
 Datasets derive every random choice of an example (views, colours) from `example_seed`, so a resumed run sees
 exactly the batches an uninterrupted run would, whatever the training loop's epoch bookkeeping does.
+
+`example_seed` is a `gdensify.data.source.ExampleSeed`: an int that also carries the optimizer step `s` its
+example is drawn for (`.step`), for data schedules over training (e.g. the scene view sampler's context-gap
+warm-up); a plain int key means step 0 (`step_of`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from typing import Callable, Iterator
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
+
+from ..data.source import ExampleSeed
 
 
 def _rank() -> int:
@@ -39,9 +45,9 @@ class StepSampler(Sampler[tuple[int, int]]):
         g = torch.Generator().manual_seed((self.seed * 1_000_003 + pass_index) * 7919 + rank)
         return torch.randperm(self.num_items, generator=g).tolist()
 
-    def example_seed(self, sample: int, rank: int) -> int:
+    def example_seed(self, sample: int, rank: int) -> ExampleSeed:
         g = torch.Generator().manual_seed((self.seed * 1_000_033 + sample) * 7907 + rank + 1)
-        return int(torch.randint(0, 2**31 - 1, (1,), generator=g))
+        return ExampleSeed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)), sample // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         rank, start = _rank(), self.step_source()
