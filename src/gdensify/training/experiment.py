@@ -62,37 +62,39 @@ class Experiment:
         return [f"model.backbone.{key}" for key in (unset() if unset is not None else [])]
 
 
+PRESETS: dict[str, Callable[[], Experiment]] = {
+    # the 2-CPU-core object model and the recipe of the shipped checkpoint
+    "tiny": lambda: Experiment(
+        GDConfig.preset("object-tiny"), BlenderDataConfig(val_limit=4),
+        TrainConfig(max_steps=1500, batch_size=1, lr=1e-3, final_lr=1e-4, warmup_steps=100, after_warmup="cosine",
+                    checkpoint_every=250, out_dir="outputs/tiny")),
+    # the published object shapes with the released recipe (batch 2 per device, 1,000 warm-up steps to 4e-4, then
+    # constant 1e-4)
+    "paper": lambda: Experiment(GDConfig.preset("object-paper"), BlenderDataConfig(),
+                                TrainConfig(warmup_steps=1000, out_dir="outputs/paper")),
+    # the 2-CPU-core scene model and the recipe of the shipped checkpoint
+    "scene-tiny": lambda: Experiment(
+        GDConfig.preset("scene-tiny"), RE10KDataConfig(),
+        TrainConfig(max_steps=1500, batch_size=2, lr=1e-3, final_lr=1e-4, warmup_steps=100, after_warmup="cosine",
+                    lpips_weight=0.05, supervise_inputs=False, checkpoint_every=250, out_dir="outputs/scene_tiny")),
+    # the published scene shapes at 256² with MVSplat's data settings as GD's release keeps them (context gap
+    # 25 → 45 frames over the first 100k steps, then 45: pixelSplat's gap rule), loss MSE + 0.05·LPIPS, lr 2e-4 with
+    # cosine decay, 300k steps
+    "scene-paper": lambda: Experiment(
+        GDConfig.preset("scene-paper"),
+        RE10KDataConfig(root="data/re10k", image_size=256, min_gap=45, max_gap=192, gap_warm_up_steps=100_000,
+                        initial_min_gap=25, initial_max_gap=45, pixelsplat_gap_bug=True),
+        TrainConfig(max_steps=300_000, batch_size=2, lr=2e-4, final_lr=2e-6, warmup_steps=2000,
+                    after_warmup="cosine", lpips_weight=0.05, supervise_inputs=False, checkpoint_every=2000,
+                    out_dir="outputs/scene_paper")),
+}
+
+
 def experiment_preset(name: str) -> Experiment:
-    """`tiny` / `scene-tiny`: the 2-CPU-core models and the recipes of the shipped checkpoints; `paper`: the
-    published object shapes with the released recipe (batch 2 per device, 1,000 warm-up steps to 4e-4, then
-    constant 1e-4);
-    `scene-paper`: the published scene shapes at 256² with MVSplat's data settings as GD's release keeps them
-    (context gap 25 → 45 frames over the first 100k steps, then 45: pixelSplat's gap rule), loss
-    MSE + 0.05·LPIPS, lr 2e-4 with cosine decay, 300k steps."""
-    if name == "tiny":
-        return Experiment(GDConfig.preset("object-tiny"), BlenderDataConfig(val_limit=4),
-                                TrainConfig(max_steps=1500, batch_size=1, lr=1e-3, final_lr=1e-4, warmup_steps=100,
-                                            after_warmup="cosine", checkpoint_every=250, out_dir="outputs/tiny"))
-    if name == "paper":
-        return Experiment(GDConfig.preset("object-paper"), BlenderDataConfig(),
-                                TrainConfig(warmup_steps=1000, out_dir="outputs/paper"))
-    if name == "scene-tiny":
-        return Experiment(GDConfig.preset("scene-tiny"), RE10KDataConfig(),
-                               TrainConfig(max_steps=1500, batch_size=2, lr=1e-3, final_lr=1e-4, warmup_steps=100,
-                                           after_warmup="cosine", lpips_weight=0.05, supervise_inputs=False,
-                                           checkpoint_every=250, out_dir="outputs/scene_tiny"))
-    if name == "scene-paper":
-        return Experiment(GDConfig.preset("scene-paper"),
-                               RE10KDataConfig(root="data/re10k", image_size=256, min_gap=45, max_gap=192,
-                                               gap_warm_up_steps=100_000, initial_min_gap=25, initial_max_gap=45,
-                                               pixelsplat_gap_bug=True),
-                               TrainConfig(max_steps=300_000, batch_size=2, lr=2e-4, final_lr=2e-6, warmup_steps=2000,
-                                           after_warmup="cosine", lpips_weight=0.05, supervise_inputs=False,
-                                           checkpoint_every=2000, out_dir="outputs/scene_paper"))
-    raise ConfigError(f"unknown experiment preset {name!r}; expected one of {list(PRESETS)} or a YAML file")
-
-
-PRESETS = ("tiny", "paper", "scene-tiny", "scene-paper")
+    """A fresh experiment of the `PRESETS` table."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown experiment preset {name!r}; expected one of {list(PRESETS)} or a YAML file")
+    return PRESETS[name]()
 
 
 def experiment_from_dict(data: dict) -> Experiment:
