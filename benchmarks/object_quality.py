@@ -43,4 +43,4 @@ def held_out_objects(model, checkpoint, data: str):
 
 
 if __name__ == "__main__":
-    main(__doc__, __file__, cost_worker, "object", held_out_objects, "objects", 0.5)
+    main(__doc__, __file__, cost_worker, held_out_objects, "objects", 0.5)

@@ -62,16 +62,14 @@ def cost_table(script: str, presets: Iterable[str], runs: dict[str, int], thread
     return "\n".join(rows)
 
 
-def evaluate_checkpoint(path: str, selection: str | None, kind: str, examples: Callable[..., Sequence],
-                        data: str, limit: int | None, label: str) -> dict:
+def evaluate_checkpoint(path: str, selection: str | None, examples: Callable[..., Sequence], data: str,
+                        limit: int | None, label: str) -> dict:
     """`summarize` of the model at `path` (selection method overridden when given) on `examples(model,
     checkpoint, data)`, the first `limit` of them."""
     from gdensify.evaluation.evaluate import evaluate, summarize
     from gdensify.models.loading import load_model
 
-    model, checkpoint = load_model(path, kind)
-    if selection:
-        model.config.selection.method = selection
+    model, checkpoint = load_model(path, overrides=[f"selection.method={selection}"] if selection else ())
     items = examples(model, checkpoint, data)
     n = len(items) if limit is None else min(limit, len(items))
     return summarize(evaluate(model, (items[i] for i in range(n)), total=n, progress=False), label)
@@ -110,10 +108,10 @@ def quality_table(evaluate_checkpoint: Callable[[str, str | None], dict], gd: st
     return "\n".join(lines)
 
 
-def main(doc: str, script: str, cost_worker: Callable[[str, int], dict], kind: str,
-         examples: Callable[..., Sequence], label: str, target: float) -> None:
+def main(doc: str, script: str, cost_worker: Callable[[str, int], dict], examples: Callable[..., Sequence],
+         label: str, target: float) -> None:
     """The command line shared by the two quality benchmarks; `examples(model, checkpoint, data)` gives the
-    held-out items of a `kind` ("object" / "scene") model."""
+    held-out items."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gd", help="GD model.safetensors")
     parser.add_argument("--coarse-only", help="coarse-only model.safetensors trained with the same budget")
@@ -131,7 +129,7 @@ def main(doc: str, script: str, cost_worker: Callable[[str, int], dict], kind: s
     if not args.cost_only:
         if not (args.gd and args.data):
             parser.error("--gd and --data are needed (or --cost-only)")
-        run = functools.partial(evaluate_checkpoint, kind=kind, examples=examples, data=args.data, limit=args.limit,
+        run = functools.partial(evaluate_checkpoint, examples=examples, data=args.data, limit=args.limit,
                                 label=label)
         print(quality_table(run, args.gd, args.coarse_only, label, target))
         print()

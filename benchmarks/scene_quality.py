@@ -49,4 +49,4 @@ def held_out_scenes(model, checkpoint, data: str):
 
 
 if __name__ == "__main__":
-    main(__doc__, __file__, cost_worker, "scene", held_out_scenes, "scenes", 0.3)
+    main(__doc__, __file__, cost_worker, held_out_scenes, "scenes", 0.3)

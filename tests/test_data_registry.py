@@ -40,10 +40,14 @@ def test_registry_names_and_detection(tmp_path):
 
 def test_old_configs_and_shipped_checkpoints_map_to_data_configs():
     objects = data_config_from_checkpoint(load_checkpoint(shipped_checkpoint("object")))
-    assert objects == BlenderDataConfig(root="data/objects/train", val_root="data/objects/heldout", val_limit=4)
-    scenes = data_config_from_checkpoint(load_checkpoint(shipped_checkpoint("scene")))
+    assert objects == BlenderDataConfig(root="data/objects/train2", val_root="data/objects/heldout", val_limit=4)
+    scenes = data_config_from_checkpoint(load_checkpoint(shipped_checkpoint("scene")))  # a pre-registry experiment
     assert scenes == RE10KDataConfig(root="data/scenes", image_size=64, min_gap=10, max_gap=30)
     assert data_config_from_dict({"root": "x"}, kind="scene") == RE10KDataConfig(root="x")
+    # pre-registry object runs had every target on the background: resuming one must not switch to random greys
+    old = data_config_from_dict({"root": "x"}, kind="object")
+    assert old == BlenderDataConfig(root="x", target_backgrounds="fixed")
+    assert data_config_from_dict({"name": "blender"}).target_backgrounds == "random_grey"
     assert data_config_from_dict({"name": "re10k", "index": "i.json"}).index == "i.json"
     with pytest.raises(ConfigError, match="data.min_gap"):
         data_config_from_dict({"min_gap": 3}, kind="object")
@@ -56,6 +60,8 @@ def test_old_configs_and_shipped_checkpoints_map_to_data_configs():
     assert "name" not in stored["data"]
     experiment = experiment_from_dict(stored)
     assert experiment.data == scenes and to_dict(experiment)["data"]["name"] == "re10k"
+    old_objects = experiment_from_dict({"kind": "object", "data": {"root": "x", "val_limit": 4}})
+    assert old_objects.data == BlenderDataConfig(root="x", val_limit=4, target_backgrounds="fixed")
 
 
 def test_experiment_yaml_round_trip_keeps_the_dataset(tmp_path):

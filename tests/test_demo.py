@@ -1,7 +1,11 @@
 """The shipped checkpoints and samples: small, documented, loadable by the current code, and the demo runs."""
 
+import functools
+import importlib.util
 import json
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -11,11 +15,11 @@ from gdensify.cli import main
 from gdensify.io import load_checkpoint, load_ply
 
 
-@pytest.mark.parametrize("kind", ["object", "scene"])
-def test_shipped_checkpoint_is_small_and_records_its_recipe(kind):
+@pytest.mark.parametrize("kind, stored_kind", [("object", "gd"), ("scene", "scene")])  # the scene one predates "gd"
+def test_shipped_checkpoint_is_small_and_records_its_recipe(kind, stored_kind):
     path = shipped_checkpoint(kind)
     assert path.stat().st_size <= 20 * 2**20
-    checkpoint = load_checkpoint(path, kind)
+    checkpoint = load_checkpoint(path, stored_kind)
     experiment = json.loads(checkpoint.metadata["gdensify.experiment"])
     assert int(checkpoint.metadata["gdensify.step"]) == experiment["train"]["max_steps"]
 
@@ -47,3 +51,23 @@ def test_scene_demo(tmp_path, capsys):
     key = sorted(index)[0]
     with Image.open(tmp_path / "demo" / key / "comparison.png") as image:  # a row per target, 4 px gaps
         assert image.size == (4 * 64 + 3 * 4, len(index[key]["target"]) * (64 + 4) - 4)
+
+
+def test_quality_benchmark_scores_the_shipped_model(tmp_path):
+    """`benchmarks/object_quality.py`'s table on one shipped object, so the benchmark cannot rot."""
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(folder))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_object_quality", folder / "object_quality.py")
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)
+        from quality_common import evaluate_checkpoint, quality_table
+    finally:
+        sys.path.remove(str(folder))
+    run = functools.partial(evaluate_checkpoint, examples=bench.held_out_objects, data=str(sample_data("object")),
+                            limit=1, label="objects")
+    table = quality_table(run, str(shipped_checkpoint("object")), str(shipped_checkpoint("object")), "objects", 0.5)
+    assert "Held-out objects: 1;" in table and "| coarse-only model, same budget |" in table
+    fine, random = (float(line.split("|")[2]) for line in table.splitlines()
+                    if line.startswith(("| GD, fine (gradient", "| GD, fine (random")))
+    assert fine > 15 and random > 15 and fine != random  # the selection override reached the model

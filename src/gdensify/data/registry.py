@@ -11,7 +11,7 @@ Adding a dataset: one module with a config dataclass (`name: Literal["mine"]`) a
 one entry in `DATASETS` and one member in `DataConfig`.
 
 Experiments written before the registry have no `data.name`; their top-level `kind` ("object" or "scene")
-names the dataset instead (`LEGACY_KINDS`), which `data_config_from_dict` maps.
+names the dataset instead (`LEGACY_KINDS`), which `upgrade_data_config` maps.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from .re10k_scenes import RE10KDataConfig, RE10KScenes
 from .source import DataSource
 
 __all__ = ["DATASETS", "DataConfig", "LEGACY_KINDS", "build_dataset", "detect_dataset", "data_config_from_dict",
-           "data_config_from_checkpoint"]
+           "data_config_from_checkpoint", "upgrade_data_config"]
 
 DATASETS: dict[str, type[DataSource]] = {"blender": BlenderObjects, "re10k": RE10KScenes, "capture": Captures}
 DataConfig = BlenderDataConfig | RE10KDataConfig | CaptureDataConfig
@@ -64,15 +64,23 @@ def detect_dataset(folder: str | os.PathLike) -> str:
 
 def data_config_from_dict(data: dict[str, Any], kind: str | None = None) -> DataConfig:
     """A `DataConfig` from its dict; without a `name`, the legacy experiment `kind` (if any) names the dataset."""
-    data = dict(data)
-    if "name" not in data and kind is not None:
-        if kind not in LEGACY_KINDS:
-            raise ConfigError(f"kind: unknown experiment kind {kind!r}; expected one of {sorted(LEGACY_KINDS)}")
-        data["name"] = LEGACY_KINDS[kind]
+    data = upgrade_data_config(kind, data) if "name" not in data and kind is not None else dict(data)
     name = data.get("name", "blender")
     if name not in DATASETS:
         raise ConfigError(f"data.name: unknown dataset {name!r}; known: {sorted(DATASETS)}")
     return from_dict(DATASETS[name].config_class, data, prefix="data.")
+
+
+def upgrade_data_config(kind: str, data: dict[str, Any]) -> dict[str, Any]:
+    """The `data` section of an experiment written before the registry (legacy `kind`, no `data.name`) in today's
+    terms: the dataset the kind names, and for objects the training targets those runs had, every view on
+    `data.background` (`target_backgrounds="fixed"`; random grey targets came later)."""
+    if kind not in LEGACY_KINDS:
+        raise ConfigError(f"kind: unknown experiment kind {kind!r}; expected one of {sorted(LEGACY_KINDS)}")
+    upgraded = {**data, "name": LEGACY_KINDS[kind]}
+    if kind == "object":
+        upgraded.setdefault("target_backgrounds", "fixed")
+    return upgraded
 
 
 def data_config_from_checkpoint(checkpoint: Checkpoint) -> DataConfig:

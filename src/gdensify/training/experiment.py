@@ -22,7 +22,7 @@ from ..config import ConfigError, apply_overrides, dump_yaml, from_dict, read_ya
 from ..data.batch import ViewExample
 from ..data.blender_objects import BlenderDataConfig
 from ..data.re10k_scenes import RE10KDataConfig
-from ..data.registry import LEGACY_KINDS, DataConfig, build_dataset, data_config_from_checkpoint
+from ..data.registry import LEGACY_KINDS, DataConfig, build_dataset, data_config_from_checkpoint, upgrade_data_config
 from ..data.source import DataSource
 from ..io import Checkpoint
 from ..models.gd import GDConfig, GDModel
@@ -99,8 +99,8 @@ def experiment_preset(name: str) -> Experiment:
 
 def experiment_from_dict(data: dict) -> Experiment:
     """An experiment from its dict. One written before the one-pipeline redesign has a top-level `kind`
-    ("object" / "scene"): its model config is upgraded (`models.loading.upgrade_model_config`) and its `data`
-    section, which has no `name`, is read as the dataset the kind names (`data.registry.LEGACY_KINDS`)."""
+    ("object" / "scene"): its model config is upgraded (`models.loading.upgrade_model_config`) and so is its `data`
+    section, which has no `name` (`data.registry.upgrade_data_config`)."""
     data = dict(data)
     kind = data.pop("kind", None)
     if kind is not None:
@@ -108,7 +108,7 @@ def experiment_from_dict(data: dict) -> Experiment:
             raise ConfigError(f"kind: unknown experiment kind {kind!r}; expected one of {sorted(LEGACY_KINDS)}")
         data["model"] = upgrade_model_config(kind, data.get("model", {}))
         if "name" not in data.get("data", {}):
-            data["data"] = {**data.get("data", {}), "name": LEGACY_KINDS[kind]}
+            data["data"] = upgrade_data_config(kind, data.get("data", {}))
     return from_dict(Experiment, data)
 
 
