@@ -255,5 +255,10 @@ def fit(experiment: Experiment, resume: bool = False, progress: bool = True,
         enable_progress_bar=progress, enable_model_summary=False, default_root_dir=out,
     )
     sampler.step_source = lambda: trainer.global_step  # iteration starts where the (restored) trainer is
-    trainer.fit(system, loader, ckpt_path=str(last) if resume else None, weights_only=True)
+    with warnings.catch_warnings():
+        # `StepSampler` makes the loader resumable without Lightning's stateful-dataloader protocol; and the pytree
+        # deprecation is Lightning's own use of a torch API, nothing a user can act on.
+        warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable")
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+        trainer.fit(system, loader, ckpt_path=str(last) if resume else None, weights_only=True)
     return out / "model.safetensors"
