@@ -64,7 +64,7 @@ def detect_dataset(folder: str | os.PathLike) -> str:
 
 def data_config_from_dict(data: dict[str, Any], kind: str | None = None) -> DataConfig:
     """A `DataConfig` from its dict; without a `name`, the legacy experiment `kind` (if any) names the dataset."""
-    data = upgrade_data_config(kind, data) if "name" not in data and kind is not None else dict(data)
+    data = upgrade_data_config(kind, data) if kind is not None else dict(data)
     name = data.get("name", "blender")
     if name not in DATASETS:
         raise ConfigError(f"data.name: unknown dataset {name!r}; known: {sorted(DATASETS)}")
@@ -74,7 +74,10 @@ def data_config_from_dict(data: dict[str, Any], kind: str | None = None) -> Data
 def upgrade_data_config(kind: str, data: dict[str, Any]) -> dict[str, Any]:
     """The `data` section of an experiment written before the registry (legacy `kind`, no `data.name`) in today's
     terms: the dataset the kind names, and for objects the training targets those runs had, every view on
-    `data.background` (`target_backgrounds="fixed"`; random grey targets came later)."""
+    `data.background` (`target_backgrounds="fixed"`; random grey targets came later). A section with a `name`
+    is already in today's terms and comes back as is."""
+    if "name" in data:
+        return dict(data)
     if kind not in LEGACY_KINDS:
         raise ConfigError(f"kind: unknown experiment kind {kind!r}; expected one of {sorted(LEGACY_KINDS)}")
     upgraded = {**data, "name": LEGACY_KINDS[kind]}

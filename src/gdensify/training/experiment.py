@@ -107,8 +107,7 @@ def experiment_from_dict(data: dict) -> Experiment:
         if kind not in LEGACY_KINDS:
             raise ConfigError(f"kind: unknown experiment kind {kind!r}; expected one of {sorted(LEGACY_KINDS)}")
         data["model"] = upgrade_model_config(kind, data.get("model", {}))
-        if "name" not in data.get("data", {}):
-            data["data"] = upgrade_data_config(kind, data.get("data", {}))
+        data["data"] = upgrade_data_config(kind, data.get("data", {}))
     return from_dict(Experiment, data)
 
 
