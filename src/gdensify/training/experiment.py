@@ -63,7 +63,7 @@ class Experiment:
 
 
 PRESETS: dict[str, Callable[[], Experiment]] = {
-    # the 2-CPU-core object model; the shipped checkpoint is this with data.root=data/objects/train2, max_steps=6000
+    # the 2-CPU-core object model; the shipped checkpoint is this with data.root=data/objects/train2, max_steps=12000
     "tiny": lambda: Experiment(
         GDConfig.preset("object-tiny"), BlenderDataConfig(val_limit=4),
         TrainConfig(max_steps=1500, batch_size=1, lr=1e-3, final_lr=1e-4, warmup_steps=100, after_warmup="cosine",
